@@ -35,7 +35,9 @@ def check_image_batch(
             f"{name} must have 4 dimensions (B, C, H, W), got shape {tuple(x.shape)}.{hint}"
         )
     if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); pass at least one image.")
+        raise ValueError(
+            f"{name} is an empty batch (shape {tuple(x.shape)}); pass at least one image."
+        )
     if x.shape[1] != channels:
         raise ValueError(
             f"{name} has {x.shape[1]} channels but the model expects {channels} "
@@ -102,7 +104,9 @@ def check_nonnegative_number(value: object, *, name: str, allow_zero: bool = Tru
     """Check a finite, non-negative (or positive) Python/tensor scalar and return it as float."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}.")
+            raise ValueError(
+                f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}."
+            )
         value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}.")

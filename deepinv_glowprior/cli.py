@@ -115,25 +115,42 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         dist.init_process_group("nccl" if use_nccl else "gloo")
     try:
         config = TrainConfig(
-            iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
-            warmup=args.warmup, optimizer=args.optimizer, grad_clip=args.grad_clip,
-            eval_every=args.eval_every, eval_images=args.eval_images,
-            checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
-            seed=args.seed, max_minutes=args.max_minutes, device=args.device,
+            iterations=args.iterations,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup=args.warmup,
+            optimizer=args.optimizer,
+            grad_clip=args.grad_clip,
+            eval_every=args.eval_every,
+            eval_images=args.eval_images,
+            checkpoint_every=args.checkpoint_every,
+            sample_every=args.sample_every,
+            seed=args.seed,
+            max_minutes=args.max_minutes,
+            device=args.device,
             progress=not args.no_progress,
         )
         train_set, test_set = _datasets(args)
         channels = int(train_set[0].shape[0])
         torch.manual_seed(args.seed)
         glow = Glow(
-            img_size=(channels, args.image_size, args.image_size), levels=args.levels,
-            steps=args.flow_steps, hidden_channels=args.hidden_channels,
-            coupling=args.coupling, scale_bound=args.scale_bound, n_bits=args.n_bits,
+            img_size=(channels, args.image_size, args.image_size),
+            levels=args.levels,
+            steps=args.flow_steps,
+            hidden_channels=args.hidden_channels,
+            coupling=args.coupling,
+            scale_bound=args.scale_bound,
+            n_bits=args.n_bits,
         )
         command = "glowprior " + " ".join(shlex.quote(a) for a in argv)
         history = fit(
-            glow, train_set, test_set, args.out, config,
-            resume=not args.no_resume, meta={"command": command, "dataset": args.dataset},
+            glow,
+            train_set,
+            test_set,
+            args.out,
+            config,
+            resume=not args.no_resume,
+            meta={"command": command, "dataset": args.dataset},
         )
     finally:
         if dist.is_initialized():

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import tempfile
 import warnings
-import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -56,7 +54,9 @@ class GlowConfig:
     def __post_init__(self) -> None:
         size = tuple(self.img_size)
         if len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size):
-            raise ValueError(f"img_size must be three positive ints (C, H, W), got {self.img_size}.")
+            raise ValueError(
+                f"img_size must be three positive ints (C, H, W), got {self.img_size}."
+            )
         object.__setattr__(self, "img_size", size)
         for name in ("levels", "steps", "hidden_channels"):
             value = getattr(self, name)
@@ -66,7 +66,8 @@ class GlowConfig:
         if size[1] % factor or size[2] % factor:
             raise ValueError(
                 f"H and W must be divisible by 2**levels = {factor} (each level halves them), "
-                f"got img_size {size} with levels={self.levels}; pad the images or use fewer levels."
+                f"got img_size {size} with levels={self.levels}; pad the images or use fewer "
+                "levels."
             )
         if self.coupling not in _COUPLINGS:
             raise ValueError(f"coupling must be one of {_COUPLINGS}, got {self.coupling!r}.")
@@ -125,11 +126,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise FileNotFoundError(f"No checkpoint at {path}; check the path or train a model first.")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
+    except Exception as err:  # torch raises many types (EOFError, KeyError, ...) on bad bytes
+        first_line = (str(err).splitlines() or [""])[0][:200]
         raise CheckpointError(
             f"Could not read checkpoint {path}: the file is truncated, corrupted or not a torch "
-            f"checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-            "Re-download or re-train it."
+            f"checkpoint ({type(err).__name__}: {first_line}). Re-download or re-train it."
         ) from err
     if isinstance(payload, dict) and isinstance(payload.get("glow"), dict):
         payload = payload["glow"]
@@ -138,6 +139,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} is not a deepinv-glowprior Glow checkpoint (expected format "
             f"{CHECKPOINT_FORMAT!r}); save models with Glow.save()."
         )
+    missing = [key for key in ("config", "state_dict") if not isinstance(payload.get(key), dict)]
+    if missing:
+        raise CheckpointError(f"Checkpoint {path} lacks {missing}; it is incomplete.")
     return payload
 
 
@@ -312,6 +316,14 @@ class Glow(nn.Module):
         return (x, logdet) if return_logdet else x
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            per_channel = x.shape[0] * math.prod(self._latent_shapes[-1][1:])
+            if per_channel < 2:
+                raise ValueError(
+                    f"ActNorm initialises from the first encoded batch, and {x.shape[0]} image(s) "
+                    "give one value per channel at the coarsest level (no spread to normalise). "
+                    "Call glow.initialize(images) with a batch of several images first."
+                )
         h = x - 0.5
         logdet = x.new_zeros(x.shape[0])
         pieces = []

@@ -27,8 +27,15 @@ CHECKPOINT_NAME = "checkpoint.pt"
 FINAL_NAME = "model.pt"
 LOG_NAME = "log.jsonl"
 # Settings that may change between a run and its resumption without changing its result.
-_RESUMABLE_CHANGES = {"iterations", "eval_every", "checkpoint_every", "sample_every", "max_minutes",
-                      "progress", "device"}
+_RESUMABLE_CHANGES = {
+    "iterations",
+    "eval_every",
+    "checkpoint_every",
+    "sample_every",
+    "max_minutes",
+    "progress",
+    "device",
+}
 
 
 @dataclass(frozen=True)
@@ -238,7 +245,8 @@ def fit(
 
     .. math::
 
-        \min_\theta\; \mathbb{E}_{x,u}\, \frac{-\log p_\theta((q(x) + u)/2^b) + n\,b\log 2}{n\log 2},
+        \min_\theta\; \mathbb{E}_{x,u}
+        \frac{-\log p_\theta((q(x) + u)/2^b) + n\,b\log 2}{n\log 2},
         \qquad u\sim\mathcal{U}[0,1)^n,
 
     with Adam (or Adamax), linear warm-up and gradient-norm clipping. Every ``checkpoint_every``
@@ -328,8 +336,12 @@ def fit(
     seconds_before = history[-1]["seconds"] if history else 0.0
     running_loss, running_count = 0.0, 0
     bar = tqdm(
-        total=config.iterations, initial=start_step, disable=not (config.progress and rank == 0),
-        desc="train", unit="step", dynamic_ncols=True,
+        total=config.iterations,
+        initial=start_step,
+        disable=not (config.progress and rank == 0),
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
     )
     step = start_step
     try:
@@ -377,11 +389,17 @@ def fit(
                 history.append(entry)
                 save_checkpoint(step)
             if rank == 0 and config.sample_every and step % config.sample_every == 0:
-                save_sample_grid(glow, out_dir / f"samples_{step:06d}.png",
-                                 config.sample_temperature, seed=config.seed)
+                save_sample_grid(
+                    glow,
+                    out_dir / f"samples_{step:06d}.png",
+                    config.sample_temperature,
+                    seed=config.seed,
+                )
             if out_of_time:
-                bar.write(f"Stopped after {config.max_minutes} minutes at step {step}; "
-                          "run the same command again to resume.")
+                bar.write(
+                    f"Stopped after {config.max_minutes} minutes at step {step}; "
+                    "run the same command again to resume."
+                )
                 break
     except KeyboardInterrupt:
         save_checkpoint(step)
@@ -392,6 +410,7 @@ def fit(
     if rank == 0 and step >= config.iterations:
         glow.eval()
         glow.save(out_dir / FINAL_NAME, meta={**(meta or {}), "history": history})
-        save_sample_grid(glow, out_dir / "samples_final.png", config.sample_temperature,
-                         seed=config.seed)
+        save_sample_grid(
+            glow, out_dir / "samples_final.png", config.sample_temperature, seed=config.seed
+        )
     return history

@@ -150,6 +150,17 @@ def test_natural_patches_shapes_and_grey_replication():
     assert_image(grey[5], (1, 24, 24))
 
 
+def test_natural_patches_are_crops_of_the_photograph():
+    from skimage.data import camera
+
+    photo = camera()
+    ds = natural_patches(size=16, split="test", color=False, patches_per_image=4, scales=(1.0,))
+    for index in (ds.source_index == ds.image_names.index("camera")).nonzero().flatten():
+        patch = np.rint(ds[int(index)][0].numpy() * 255).astype(np.uint8)
+        corners = np.argwhere(photo[:-15, :-15] == patch[0, 0])
+        assert any(np.array_equal(photo[i : i + 16, j : j + 16], patch) for i, j in corners)
+
+
 def test_natural_patches_default_sizes():
     assert len(natural_patches(split="test")) == 4 * 512
     train = natural_patches(split="train")
@@ -197,7 +208,7 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 def test_image_folder_crops_resizes_and_converts(tmp_path):
     wide = np.zeros((40, 60, 3), dtype=np.uint8)
-    wide[:, 10:50] = 255  # the centred 40x40 square is white, the sides black
+    wide[:20, 10:50] = 255  # the centred 40x40 square: top half white; the rest black
     write_png(tmp_path / "a_wide.png", wide)
     write_png(tmp_path / "b_grey.png", np.full((50, 50), 128, dtype=np.uint8))
     write_png(tmp_path / "c_rgba.PNG", np.full((30, 30, 4), 200, dtype=np.uint8))
@@ -205,7 +216,7 @@ def test_image_folder_crops_resizes_and_converts(tmp_path):
     ds = image_folder(tmp_path, size=16)
     assert len(ds) == 3 and [p.name for p in ds.paths][0] == "a_wide.png"
     assert_image(ds[0], (3, 16, 16))
-    assert (ds[0] == 1).all()
+    assert (ds[0][:, :6] == 1).all() and (ds[0][:, 10:] == 0).all()
     assert torch.allclose(ds[1], torch.full((3, 16, 16), 128 / 255))
     grey = image_folder(tmp_path, size=8, color=False)
     assert_image(grey[2], (1, 8, 8))
