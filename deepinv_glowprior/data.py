@@ -157,12 +157,9 @@ def _digit_dataset(
 ) -> ImageTensorDataset:
     """(N, 28, 28) uint8 digits -> zero-padded (N, 1, pad_to, pad_to), filtered by class."""
     _check_size(pad_to, "pad_to", minimum=_DIGIT_SIDE)
-    for name, classes in (
-        ("only_classes", only_classes or ()),
-        ("exclude_classes", exclude_classes),
-    ):
+    for classes in (only_classes or (), exclude_classes):
         if any(c not in range(10) for c in classes):
-            raise ValueError(f"{name} must hold classes 0..9, got {tuple(classes)}")
+            raise ValueError(f"classes must be in 0..9, got {tuple(classes)}")
     keep = np.ones(len(labels), dtype=bool)
     if only_classes is not None:
         keep &= np.isin(labels, list(only_classes))

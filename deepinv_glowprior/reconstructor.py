@@ -1,0 +1,456 @@
+r"""Latent-space reconstruction with a Glow prior, as a deepinv Reconstructor."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from deepinv.models import Reconstructor
+
+from deepinv_glowprior._checks import check_finite_tensor, check_nonnegative_number
+from deepinv_glowprior.glow import Glow
+from deepinv_glowprior.solvers import SolverResult, batched_adam, batched_lbfgs
+
+__all__ = ["GlowReconstructor", "GlowSolution", "noise_sigma"]
+
+REGULARIZERS = ("l2sq", "l2", "nll", None)
+INITS = ("zero", "random", "pinv")
+OPTIMIZERS = ("lbfgs", "adam")
+PRESETS = ("paper",)
+PAPER_TASKS = ("cs", "denoising", "inpainting")
+_DEFAULTS = {"lbfgs": {"lr": 1.0, "max_iter": 300}, "adam": {"lr": 1e-2, "max_iter": 2000}}
+
+
+@dataclass
+class GlowSolution:
+    """Everything :meth:`GlowReconstructor.solve` found, per sample of the batch.
+
+    :param torch.Tensor x: reconstructions ``(B, C, H, W)`` clamped to [0, 1].
+    :param torch.Tensor z: latents ``(B, n)``, with ``x = glow.decode(z).clamp(0, 1)``.
+    :param torch.Tensor objective: final objective values ``(B,)``.
+    :param torch.Tensor residual: :math:`\\|A(G(z)) - y\\|^2` per sample ``(B,)``.
+    :param torch.Tensor gamma: regularisation weight used per sample ``(B,)``.
+    :param torch.Tensor iterations: solver iterations per sample (all restarts and grid points).
+    :param list history: objective ``(B,)`` after each iteration of the last solve.
+    :param int evaluations: batched Glow forward+backward evaluations.
+    :param int rejected_steps: trial steps rejected for a non-finite objective.
+    """
+
+    x: torch.Tensor
+    z: torch.Tensor
+    objective: torch.Tensor
+    residual: torch.Tensor
+    gamma: torch.Tensor
+    iterations: torch.Tensor
+    history: list[torch.Tensor] = field(default_factory=list)
+    evaluations: int = 0
+    rejected_steps: int = 0
+
+
+def noise_sigma(physics) -> float:
+    """Standard deviation of ``physics.noise_model`` (a deepinv ``GaussianNoise``), else error."""
+    noise = getattr(physics, "noise_model", None)
+    sigma = getattr(noise, "sigma", None)
+    if sigma is None:
+        raise ValueError(
+            f"gamma='auto' needs a Gaussian noise level, but {type(physics).__name__}'s "
+            f"noise_model is {type(noise).__name__}; use deepinv.physics.GaussianNoise(sigma) or "
+            "give gamma as a number."
+        )
+    sigma = torch.as_tensor(sigma)
+    if sigma.numel() != 1:
+        raise ValueError("gamma='auto' needs one noise level for the batch, got a tensor of them.")
+    sigma = float(sigma)
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"gamma='auto' needs a noise level > 0, got sigma={sigma}.")
+    return sigma
+
+
+class GlowReconstructor(Reconstructor):
+    r"""Reconstruction by empirical risk minimisation in the latent space of a Glow.
+
+    For each measurement :math:`y_i` (independently of the rest of the batch) it solves
+
+    .. math::
+
+        z_i^\star = \arg\min_z \|A(G(z)) - y_i\|^2 + \gamma R(z), \qquad \hat x_i = G(z_i^\star),
+
+    with :math:`R(z) = \|z\|^2` (``"l2sq"``, the paper's choice), :math:`\|z\|` (``"l2"``),
+    :math:`-\log p_G(G(z)) = \tfrac12\|z\|^2 + \log|\det \partial G/\partial z|` up to a constant
+    (``"nll"``), or nothing (``None``), following :footcite:t:`asim2020invertible`. The solver
+    is a batched L-BFGS with a guarded line search (:func:`~deepinv_glowprior.solvers.batched_lbfgs`)
+    or Adam; steps to non-finite objectives are rejected, so :math:`\hat x` is never NaN.
+
+    ``gamma="auto"`` applies the discrepancy principle: going down a grid (default
+    :math:`\sigma^2 \cdot 10^{2}, \ldots, 10^{-3}`), warm-started, each sample keeps the largest
+    :math:`\gamma` whose residual satisfies :math:`\|A(G(z)) - y\|^2 \le \tau\, m\, \sigma^2`
+    (:math:`m` entries of :math:`y`, :math:`\sigma` from ``physics.noise_model``).
+
+    Works under ``torch.no_grad()`` callers such as :func:`deepinv.test`.
+
+    :param Glow glow: a trained (ActNorm-initialised) Glow.
+    :param float | str gamma: regularisation weight, or ``"auto"``.
+    :param str | None regularizer: ``"l2sq"``, ``"l2"``, ``"nll"`` or ``None``.
+    :param init: ``"zero"``, ``"random"`` (:math:`\mathcal{N}(0, \mathrm{init\_std}^2 I)`),
+        ``"pinv"`` (:math:`G^{-1}(\mathrm{clamp}(A^\dagger y, 0, 1))`, falling back to zero with a
+        warning when that latent is non-finite or huge), a latent tensor ``(B, n)`` or ``(n,)``, or
+        a callable ``init(y, physics) -> z``.
+    :param float init_std: standard deviation of random initialisations.
+    :param int restarts: solves per sample; restarts after the first start from random latents,
+        and each sample keeps its lowest objective.
+    :param str optimizer: ``"lbfgs"`` or ``"adam"``.
+    :param float lr: initial step (L-BFGS, default 1) or learning rate (Adam, default 0.01).
+    :param int max_iter: iterations per solve (default 300 for L-BFGS, 2000 for Adam).
+    :param float tol: relative decrease at which a sample stops.
+    :param float max_step: largest latent step of L-BFGS (default :math:`\sqrt{n}/2`;
+        ``math.inf`` for none).
+    :param str line_search: ``"armijo"`` (default) or ``"guard"`` (fixed step, guarded).
+    :param int memory: L-BFGS curvature pairs per sample.
+    :param float tau: discrepancy-principle safety factor.
+    :param Sequence[float] gamma_grid: grid for ``gamma="auto"``, in units of :math:`\sigma^2`.
+    :param int seed: seed of random initialisations.
+    :param bool progress: show progress bars.
+
+    |sep|
+
+    :Example:
+
+    >>> import torch, deepinv as dinv
+    >>> from deepinv_glowprior import Glow, GlowReconstructor
+    >>> glow = Glow(img_size=(1, 8, 8), levels=2, steps=2, hidden_channels=8)
+    >>> glow = glow.initialize(torch.rand(8, 1, 8, 8)).eval()
+    >>> physics = dinv.physics.Denoising(dinv.physics.GaussianNoise(0.1))
+    >>> y = physics(torch.rand(2, 1, 8, 8))
+    >>> x_hat = GlowReconstructor(glow, gamma=0.01, max_iter=20)(y, physics)
+    >>> x_hat.shape
+    torch.Size([2, 1, 8, 8])
+    """
+
+    def __init__(
+        self,
+        glow: Glow,
+        gamma: float | str = 0.0,
+        regularizer: str | None = "l2sq",
+        init: str | torch.Tensor | Callable = "zero",
+        init_std: float = 0.1,
+        restarts: int = 1,
+        optimizer: str = "lbfgs",
+        lr: float | None = None,
+        max_iter: int | None = None,
+        tol: float = 1e-6,
+        max_step: float | None = None,
+        line_search: str = "armijo",
+        memory: int = 10,
+        tau: float = 1.0,
+        gamma_grid: Sequence[float] | None = None,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(glow, Glow):
+            raise TypeError(f"glow must be a deepinv_glowprior.Glow, got {type(glow).__name__}.")
+        if not glow.is_initialized:
+            raise ValueError(
+                "The Glow is untrained (ActNorm not initialised); load a trained model with "
+                "load_pretrained(...) or Glow.load(path), or train one first."
+            )
+        if gamma != "auto":
+            gamma = check_nonnegative_number(gamma, name="gamma")
+        if regularizer not in REGULARIZERS:
+            raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {regularizer!r}.")
+        if isinstance(init, str) and init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, a tensor or a callable, got {init!r}.")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}.")
+        if line_search not in ("armijo", "guard"):
+            raise ValueError(f"line_search must be 'armijo' or 'guard', got {line_search!r}.")
+        for name, value in (("restarts", restarts), ("memory", memory)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 1):
+            raise ValueError(f"max_iter must be a positive int, got {max_iter!r}.")
+        self.glow = glow
+        self.gamma = gamma
+        self.regularizer = regularizer
+        self.init = init
+        self.init_std = check_nonnegative_number(init_std, name="init_std")
+        self.restarts = restarts
+        self.optimizer = optimizer
+        self.lr = (
+            _DEFAULTS[optimizer]["lr"]
+            if lr is None
+            else check_nonnegative_number(lr, name="lr", allow_zero=False)
+        )
+        self.max_iter = _DEFAULTS[optimizer]["max_iter"] if max_iter is None else max_iter
+        self.tol = check_nonnegative_number(tol, name="tol")
+        if max_step is None:
+            self.max_step = 0.5 * math.sqrt(glow.latent_dim)
+        elif max_step == math.inf:
+            self.max_step = None  # no trust region, as in the reference protocol
+        else:
+            self.max_step = check_nonnegative_number(max_step, name="max_step", allow_zero=False)
+        self.line_search = line_search
+        self.memory = memory
+        self.tau = check_nonnegative_number(tau, name="tau", allow_zero=False)
+        grid = (
+            (100, 30, 10, 3, 1, 0.3, 0.1, 0.03, 0.01, 0.001) if gamma_grid is None else gamma_grid
+        )
+        self.gamma_grid = sorted((float(g) for g in grid), reverse=True)
+        if not self.gamma_grid or any(not (math.isfinite(g) and g >= 0) for g in self.gamma_grid):
+            raise ValueError(f"gamma_grid must hold finite numbers >= 0, got {gamma_grid!r}.")
+        self.seed = seed
+        self.progress = progress
+        self.last_solution: GlowSolution | None = None
+
+    @classmethod
+    def from_preset(
+        cls, glow: Glow, preset: str = "paper", task: str = "cs", **overrides
+    ) -> GlowReconstructor:
+        r"""The reference protocol of :footcite:t:`asim2020invertible`.
+
+        ``task="cs"``: L-BFGS, lr 0.1, 30 steps x 20 iterations, :math:`z_0 = 0`,
+        :math:`\gamma = 0`. ``"denoising"`` / ``"inpainting"``: lr 1, 20 x 20 iterations, gamma as
+        given (the paper swept it; default 0). One deviation from the paper: a step to a
+        non-finite or exploding objective is rejected and halved (``line_search="guard"``), since
+        the unguarded protocol can diverge to NaN.
+        """
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}.")
+        if task not in PAPER_TASKS:
+            raise ValueError(f"task must be one of {PAPER_TASKS}, got {task!r}.")
+        settings = {
+            "gamma": 0.0,
+            "regularizer": "l2sq",
+            "init": "zero",
+            "optimizer": "lbfgs",
+            "line_search": "guard",
+            "memory": 100,
+            "tol": 1e-9,
+            "max_step": float("inf"),
+        }
+        if task == "cs":
+            settings.update(lr=0.1, max_iter=30 * 20)
+        else:
+            settings.update(lr=1.0, max_iter=20 * 20)
+        settings.update(overrides)
+        return cls(glow, **settings)
+
+    # -- deepinv interface ------------------------------------------------------------------
+    def forward(self, y: torch.Tensor, physics, **kwargs) -> torch.Tensor:
+        """Reconstruct images from measurements ``y`` of ``physics``; ``(B, C, H, W)`` in [0, 1]."""
+        return self.solve(y, physics).x
+
+    def solve(self, y: torch.Tensor, physics) -> GlowSolution:
+        """Like :meth:`forward`, returning the latents, objectives and history too.
+
+        The result is also kept as ``self.last_solution``.
+        """
+        self._check_inputs(y, physics)
+        parameters_needed_grad = [p.requires_grad for p in self.glow.parameters()]
+        self.glow.requires_grad_(False)  # gradients w.r.t. z only: cheaper, weights untouched
+        try:
+            with torch.enable_grad():
+                solution = self._solve(y.detach(), physics)
+        finally:
+            for parameter, needed in zip(self.glow.parameters(), parameters_needed_grad):
+                parameter.requires_grad_(needed)
+        self.last_solution = solution
+        return solution
+
+    # -- internals ----------------------------------------------------------------------------
+    def _check_inputs(self, y: torch.Tensor, physics) -> None:
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}.")
+        if y.dim() < 2 or y.shape[0] == 0:
+            raise ValueError(f"y must be a non-empty batch (B, ...), got shape {tuple(y.shape)}.")
+        if not callable(getattr(physics, "A", None)):
+            raise TypeError(f"physics must be a deepinv Physics with an A method, got {physics!r}.")
+        if y.device != self.glow.device:
+            raise ValueError(
+                f"y is on {y.device} but the Glow is on {self.glow.device}; move them together."
+            )
+        if isinstance(physics, torch.nn.Module):
+            for tensor in list(physics.parameters()) + list(physics.buffers()):
+                if tensor.device != self.glow.device:
+                    raise ValueError(
+                        f"physics holds tensors on {tensor.device} but the Glow is on "
+                        f"{self.glow.device}; call physics.to('{self.glow.device}')."
+                    )
+        check_finite_tensor(y, name="y")
+        probe = torch.full(
+            (1, *self.glow.img_size), 0.5, device=self.glow.device, dtype=self.glow.dtype
+        )
+        try:
+            measured = physics.A(probe)
+        except Exception as err:
+            raise ValueError(
+                f"physics.A fails on images of the Glow's size {self.glow.img_size}: {err}. "
+                "Build the physics for that image size."
+            ) from err
+        if tuple(measured.shape[1:]) != tuple(y.shape[1:]):
+            raise ValueError(
+                f"y has shape {tuple(y.shape)} but physics.A maps a {self.glow.img_size} image to "
+                f"{tuple(measured.shape[1:])}; the measurements do not match the physics or the "
+                "Glow's image size."
+            )
+
+    def _regularization(self, z: torch.Tensor, logdet: torch.Tensor | None) -> torch.Tensor:
+        if self.regularizer == "l2sq":
+            return z.pow(2).sum(dim=1)
+        if self.regularizer == "l2":
+            return z.pow(2).sum(dim=1).add(1e-12).sqrt()
+        if self.regularizer == "nll":
+            return 0.5 * z.pow(2).sum(dim=1) + logdet
+        return torch.zeros_like(z[:, 0])
+
+    def _terms(self, z: torch.Tensor, y: torch.Tensor, physics) -> tuple[torch.Tensor, ...]:
+        x, logdet = self.glow._decode(z)
+        residual = (physics.A(x) - y).pow(2).flatten(1).sum(dim=1)
+        return residual, self._regularization(z, logdet)
+
+    def _run_solver(self, objective, z0: torch.Tensor) -> SolverResult:
+        if self.optimizer == "adam":
+            return batched_adam(
+                objective,
+                z0,
+                max_iter=self.max_iter,
+                lr=self.lr,
+                tol=self.tol,
+                progress=self.progress,
+            )
+        return batched_lbfgs(
+            objective,
+            z0,
+            max_iter=self.max_iter,
+            lr=self.lr,
+            memory=self.memory,
+            tol=self.tol,
+            line_search=self.line_search,
+            max_step=self.max_step,
+            progress=self.progress,
+        )
+
+    def _initial_latent(self, y: torch.Tensor, physics, restart: int) -> torch.Tensor:
+        batch, dim = y.shape[0], self.glow.latent_dim
+        device, dtype = self.glow.device, self.glow.dtype
+        if restart > 0 or self.init == "random":
+            generator = torch.Generator(device=device).manual_seed(self.seed + restart)
+            noise = torch.randn(batch, dim, generator=generator, device=device, dtype=dtype)
+            return self.init_std * noise
+        if isinstance(self.init, str) and self.init == "zero":
+            return torch.zeros(batch, dim, device=device, dtype=dtype)
+        if isinstance(self.init, str) and self.init == "pinv":
+            return self._pinv_latent(y, physics)
+        z0 = self.init(y, physics) if callable(self.init) else self.init
+        z0 = torch.as_tensor(z0).to(device=device, dtype=dtype)
+        if z0.dim() == 1:
+            z0 = z0.expand(batch, -1)
+        if tuple(z0.shape) != (batch, dim):
+            raise ValueError(
+                f"init must give latents of shape ({batch}, {dim}), got {tuple(z0.shape)}."
+            )
+        check_finite_tensor(z0, name="init")
+        return z0.clone()
+
+    def _pinv_latent(self, y: torch.Tensor, physics) -> torch.Tensor:
+        with torch.no_grad():
+            x0 = physics.A_dagger(y).clamp(0, 1)
+            z0, _ = self.glow._encode(x0)
+        limit = 10 * math.sqrt(self.glow.latent_dim)
+        unsafe = ~torch.isfinite(z0).all(dim=1) | (z0.norm(dim=1) > limit)
+        if bool(unsafe.any()):
+            warnings.warn(
+                f"init='pinv' gave non-finite or huge latents (norm > {limit:.0f}) for "
+                f"{int(unsafe.sum())} of {len(z0)} samples; starting those from z = 0.",
+                stacklevel=4,
+            )
+            z0 = torch.where(unsafe[:, None], 0.0, z0)
+        return z0
+
+    def _solve(self, y: torch.Tensor, physics) -> GlowSolution:
+        if self.gamma == "auto":
+            return self._solve_discrepancy(y, physics)
+        gamma = torch.full((y.shape[0],), float(self.gamma), device=y.device, dtype=y.dtype)
+        best: GlowSolution | None = None
+        for restart in range(self.restarts):
+            z0 = self._initial_latent(y, physics, restart)
+            solution = self._solve_fixed_gamma(y, physics, gamma, z0)
+            best = solution if best is None else _keep_better(best, solution)
+        return best
+
+    def _solve_fixed_gamma(
+        self, y: torch.Tensor, physics, gamma: torch.Tensor, z0: torch.Tensor
+    ) -> GlowSolution:
+        def objective(z: torch.Tensor) -> torch.Tensor:
+            residual, regularization = self._terms(z, y, physics)
+            return residual + gamma * regularization
+
+        result = self._run_solver(objective, z0)
+        with torch.no_grad():
+            x, _ = self.glow._decode(result.z)
+            residual, _ = self._terms(result.z, y, physics)
+        non_finite = ~torch.isfinite(x.flatten(1)).all(dim=1)
+        if bool(non_finite.any()):  # cannot happen with finite objectives; never return NaN
+            warnings.warn("Non-finite reconstruction replaced by G(0).", stacklevel=4)
+            zero_image, _ = self.glow._decode(torch.zeros_like(result.z[:1]))
+            x = torch.where(non_finite[:, None, None, None], zero_image, x)
+        return GlowSolution(
+            x=x.clamp(0, 1),
+            z=result.z,
+            objective=result.objective,
+            residual=residual,
+            gamma=gamma.clone(),
+            iterations=result.iterations,
+            history=result.history,
+            evaluations=result.evaluations,
+            rejected_steps=result.rejected_steps,
+        )
+
+    def _solve_discrepancy(self, y: torch.Tensor, physics) -> GlowSolution:
+        sigma = noise_sigma(physics)
+        target = self.tau * y[0].numel() * sigma**2
+        batch = y.shape[0]
+        decided = torch.zeros(batch, dtype=torch.bool, device=y.device)
+        gamma = torch.full((batch,), self.gamma_grid[0] * sigma**2, device=y.device, dtype=y.dtype)
+        z = self._initial_latent(y, physics, 0)
+        solution = None
+        total_iterations = torch.zeros(batch, dtype=torch.long, device=y.device)
+        evaluations = 0
+        for grid_value in self.gamma_grid:
+            gamma = torch.where(decided, gamma, grid_value * sigma**2)
+            solution = self._solve_fixed_gamma(y, physics, gamma, z)
+            total_iterations += solution.iterations
+            evaluations += solution.evaluations
+            z = solution.z
+            decided |= solution.residual <= target
+            if bool(decided.all()):
+                break
+        if not bool(decided.all()):
+            warnings.warn(
+                f"gamma='auto': {int((~decided).sum())} sample(s) kept a residual above "
+                f"tau*m*sigma^2 = {target:.4g} down to the smallest gamma; using it.",
+                stacklevel=3,
+            )
+        solution.iterations = total_iterations
+        solution.evaluations = evaluations
+        return solution
+
+
+def _keep_better(current: GlowSolution, candidate: GlowSolution) -> GlowSolution:
+    """Per sample, the solution with the lower objective."""
+    better = candidate.objective < current.objective
+    pick = lambda a, b: torch.where(better.view(-1, *[1] * (a.dim() - 1)), b, a)  # noqa: E731
+    return GlowSolution(
+        x=pick(current.x, candidate.x),
+        z=pick(current.z, candidate.z),
+        objective=pick(current.objective, candidate.objective),
+        residual=pick(current.residual, candidate.residual),
+        gamma=current.gamma,
+        iterations=current.iterations + candidate.iterations,
+        history=candidate.history,
+        evaluations=current.evaluations + candidate.evaluations,
+        rejected_steps=current.rejected_steps + candidate.rejected_steps,
+    )
