@@ -81,8 +81,9 @@ class GlowReconstructor(Reconstructor):
     with :math:`R(z) = \|z\|^2` (``"l2sq"``, the paper's choice), :math:`\|z\|` (``"l2"``),
     :math:`-\log p_G(G(z)) = \tfrac12\|z\|^2 + \log|\det \partial G/\partial z|` up to a constant
     (``"nll"``), or nothing (``None``), following :footcite:t:`asim2020invertible`. The solver
-    is a batched L-BFGS with a guarded line search (:func:`~deepinv_glowprior.solvers.batched_lbfgs`)
-    or Adam; steps to non-finite objectives are rejected, so :math:`\hat x` is never NaN.
+    is a batched L-BFGS with a guarded line search
+    (:func:`~deepinv_glowprior.solvers.batched_lbfgs`) or Adam; steps to non-finite objectives
+    are rejected, so :math:`\hat x` is never NaN.
 
     ``gamma="auto"`` applies the discrepancy principle: going down a grid (default
     :math:`\sigma^2 \cdot 10^{2}, \ldots, 10^{-3}`), warm-started, each sample keeps the largest
@@ -249,13 +250,13 @@ class GlowReconstructor(Reconstructor):
         The result is also kept as ``self.last_solution``.
         """
         self._check_inputs(y, physics)
-        parameters_needed_grad = [p.requires_grad for p in self.glow.parameters()]
+        needed_grad = [p.requires_grad for p in self.glow.parameters()]
         self.glow.requires_grad_(False)  # gradients w.r.t. z only: cheaper, weights untouched
         try:
             with torch.enable_grad():
                 solution = self._solve(y.detach(), physics)
         finally:
-            for parameter, needed in zip(self.glow.parameters(), parameters_needed_grad):
+            for parameter, needed in zip(self.glow.parameters(), needed_grad, strict=True):
                 parameter.requires_grad_(needed)
         self.last_solution = solution
         return solution
