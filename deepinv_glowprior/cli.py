@@ -1,4 +1,4 @@
-"""The ``glowprior`` command: train Glow priors and run the demo."""
+"""The ``glowprior`` command: train, export and demo Glow priors."""
 
 from __future__ import annotations
 
@@ -65,6 +65,31 @@ def _add_train_parser(subparsers) -> None:
     out.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _add_demo_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="reconstruct MNIST test digits with the shipped prior and print a PSNR/SSIM table",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", default="mnist32", help="pretrained model name")
+    parser.add_argument("--num-images", type=int, default=8, help="MNIST test images")
+    parser.add_argument("--out", default="outputs/demo.png", help="figure path")
+    parser.add_argument("--seed", type=int, default=0, help="seed of matrices and noise")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_export_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="ship a finished training run as a pretrained model (maintainers)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("run", help="the --out folder of a finished `glowprior train`")
+    parser.add_argument("--name", required=True, help="registry name, e.g. mnist32")
+    parser.add_argument("--dataset", choices=DATASETS[:3], required=True, help="training data")
+    parser.add_argument("--notes", default="", help="free text for the model card")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``glowprior``."""
     parser = argparse.ArgumentParser(
@@ -72,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(subparsers)
+    _add_demo_parser(subparsers)
+    _add_export_parser(subparsers)
     return parser
 
 
@@ -160,6 +187,36 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from deepinv_glowprior.demo import format_table, run_demo
+
+    if args.num_images < 1:
+        raise UserError(f"--num-images must be >= 1, got {args.num_images}.")
+    rows = run_demo(
+        args.model, args.num_images, args.out, seed=args.seed, progress=not args.no_progress
+    )
+    print(f"Glow prior {args.model!r} on {args.num_images} MNIST test digits (mean over images):")
+    print(format_table(rows))
+    print(f"figure: {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from deepinv_glowprior import data
+    from deepinv_glowprior.pretrained import export_run
+
+    if args.dataset == "natural":
+        test_set, content = data.natural_patches(32, "test"), None
+    else:
+        test_set, content = getattr(data, args.dataset)("test"), 28 * 28
+    card = export_run(args.run, args.name, args.dataset, test_set, content, args.notes)
+    print(
+        f"{card.name}: test bits/dim {card.test_bits_per_dim} over {card.test_images} images "
+        f"({card.test_bits_per_content_dim} per content pixel), sha256 {card.sha256[:12]}"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``glowprior``; user errors print one line and exit with status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -167,7 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args, argv)
-    except (UserError, ValueError, TypeError, FileNotFoundError, PermissionError, OSError) as err:
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "export":
+            return _export(args)
+    except (UserError, ValueError, TypeError, KeyError, OSError) as err:
         print(f"glowprior {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
