@@ -41,7 +41,12 @@ def _add_train_parser(subparsers) -> None:
     model.add_argument("--levels", type=int, default=3, help="number of scales L")
     model.add_argument("--flow-steps", type=int, default=8, help="flow steps per level K")
     model.add_argument("--hidden-channels", type=int, default=128, help="coupling net width")
-    model.add_argument("--coupling", choices=("affine", "additive"), default="affine")
+    model.add_argument(
+        "--coupling",
+        choices=("affine", "additive"),
+        default="affine",
+        help="coupling layer: affine (bounded log-scale) or additive (volume preserving)",
+    )
     model.add_argument("--scale-bound", type=float, default=2.0, help="affine log-scale bound")
     model.add_argument("--n-bits", type=int, default=8, help="quantisation bits of the data")
     run = parser.add_argument_group("optimisation")
@@ -49,10 +54,12 @@ def _add_train_parser(subparsers) -> None:
     run.add_argument("--batch-size", type=int, default=64, help="global batch size")
     run.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     run.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
-    run.add_argument("--optimizer", choices=("adam", "adamax"), default="adam")
+    run.add_argument("--optimizer", choices=("adam", "adamax"), default="adam", help="optimiser")
     run.add_argument("--grad-clip", type=float, default=50.0, help="max gradient norm")
     run.add_argument("--seed", type=int, default=0, help="seed of init, data order and noise")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    run.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available"
+    )
     run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     out = parser.add_argument_group("output")
     out.add_argument("--out", required=True, help="folder for checkpoints, logs and samples")
@@ -135,6 +142,10 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from deepinv_glowprior.glow import Glow
     from deepinv_glowprior.train import TrainConfig, fit
 
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0 (0: torch's default), got {args.threads}.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but CUDA is not available; use --device cpu.")
     if args.threads:
         torch.set_num_threads(args.threads)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():

@@ -383,9 +383,20 @@ class Glow(nn.Module):
         n_bins = 2**self.config.n_bits
         return torch.floor(x * n_bins).clamp_(0, n_bins - 1)
 
-    def dequantize(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Quantise ``x`` to ``n_bits`` and add uniform noise within each bin (values in [0, 1))."""
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    def dequantize(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Quantise ``x`` to ``n_bits`` and add uniform noise within each bin (values in [0, 1)).
+
+        ``noise`` (uniform in [0, 1), shape of ``x``) is drawn from ``generator`` when not given.
+        """
+        if noise is None:
+            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        elif noise.shape != x.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, x {tuple(x.shape)}.")
         return (self.quantize(x) + noise) / 2**self.config.n_bits
 
     def bits_per_dim(
@@ -394,6 +405,7 @@ class Glow(nn.Module):
         *,
         dequantize: bool = True,
         generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         r"""Discrete negative log-likelihood in bits per dimension, shape ``(B,)``.
 
@@ -402,12 +414,13 @@ class Glow(nn.Module):
             \mathrm{bpd}(x) = \frac{-\log p_G(\tilde x) + n \log 2^{\text{n\_bits}}}{n \log 2},
 
         with :math:`\tilde x` the dequantised image (uniform noise in each bin), or the bin centre
-        when ``dequantize=False``. This is the training loss.
+        when ``dequantize=False``. This is the training loss. The dequantisation noise comes from
+        ``generator``, or is given as ``noise`` (uniform in [0, 1), shape of ``x``).
         """
         check_image_batch(x, self.img_size, dtype=self.dtype, device=self.device)
         n_bins = 2**self.config.n_bits
         if dequantize:
-            x_continuous = self.dequantize(x, generator)
+            x_continuous = self.dequantize(x, generator, noise)
         else:
             x_continuous = (self.quantize(x) + 0.5) / n_bins
         z, logdet = self._encode(x_continuous)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 from deepinv.models import Reconstructor
+from deepinv.physics import GaussianNoise
 
 from deepinv_glowprior._checks import check_finite_tensor, check_nonnegative_number
 from deepinv_glowprior.glow import Glow
@@ -53,7 +54,9 @@ class GlowSolution:
 def noise_sigma(physics) -> float:
     """Standard deviation of ``physics.noise_model`` (a deepinv ``GaussianNoise``), else error."""
     noise = getattr(physics, "noise_model", None)
-    sigma = getattr(noise, "sigma", None)
+    # Only a GaussianNoise: PoissonGaussianNoise and RicianNoise have a sigma too, but not the
+    # Gaussian residual the discrepancy principle assumes.
+    sigma = getattr(noise, "sigma", None) if isinstance(noise, GaussianNoise) else None
     if sigma is None:
         raise ValueError(
             f"gamma='auto' needs a Gaussian noise level, but {type(physics).__name__}'s "
@@ -339,8 +342,9 @@ class GlowReconstructor(Reconstructor):
         device, dtype = self.glow.device, self.glow.dtype
         if restart > 0 or self.init == "random":
             generator = torch.Generator(device=device).manual_seed(self.seed + restart)
-            noise = torch.randn(batch, dim, generator=generator, device=device, dtype=dtype)
-            return self.init_std * noise
+            # One draw shared by the batch, so a sample's start does not depend on its position.
+            noise = torch.randn(1, dim, generator=generator, device=device, dtype=dtype)
+            return self.init_std * noise.expand(batch, dim).clone()
         if isinstance(self.init, str) and self.init == "zero":
             return torch.zeros(batch, dim, device=device, dtype=dtype)
         if isinstance(self.init, str) and self.init == "pinv":
@@ -422,9 +426,11 @@ class GlowReconstructor(Reconstructor):
         evaluations = 0
         for grid_value in self.gamma_grid:
             gamma = torch.where(decided, gamma, grid_value * sigma**2)
-            solution = self._solve_fixed_gamma(y, physics, gamma, z)
-            total_iterations += solution.iterations
-            evaluations += solution.evaluations
+            candidate = self._solve_fixed_gamma(y, physics, gamma, z)
+            total_iterations += candidate.iterations
+            evaluations += candidate.evaluations
+            # Decided samples keep their solution: re-solving them would tie them to the batch.
+            solution = candidate if solution is None else _take(solution, candidate, ~decided)
             z = solution.z
             decided |= solution.residual <= target
             if bool(decided.all()):
@@ -442,14 +448,18 @@ class GlowReconstructor(Reconstructor):
 
 def _keep_better(current: GlowSolution, candidate: GlowSolution) -> GlowSolution:
     """Per sample, the solution with the lower objective."""
-    better = candidate.objective < current.objective
-    pick = lambda a, b: torch.where(better.view(-1, *[1] * (a.dim() - 1)), b, a)  # noqa: E731
+    return _take(current, candidate, candidate.objective < current.objective)
+
+
+def _take(current: GlowSolution, candidate: GlowSolution, mask: torch.Tensor) -> GlowSolution:
+    """Per sample, ``candidate`` where ``mask`` holds and ``current`` elsewhere."""
+    pick = lambda a, b: torch.where(mask.view(-1, *[1] * (a.dim() - 1)), b, a)  # noqa: E731
     return GlowSolution(
         x=pick(current.x, candidate.x),
         z=pick(current.z, candidate.z),
         objective=pick(current.objective, candidate.objective),
         residual=pick(current.residual, candidate.residual),
-        gamma=current.gamma,
+        gamma=pick(current.gamma, candidate.gamma),
         iterations=current.iterations + candidate.iterations,
         history=candidate.history,
         evaluations=current.evaluations + candidate.evaluations,

@@ -132,8 +132,8 @@ class _BitsPerDim(nn.Module):
         super().__init__()
         self.glow = glow
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.glow.bits_per_dim(x, generator=generator).mean()
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.glow.bits_per_dim(x, noise=noise).mean()
 
 
 @torch.no_grad()
@@ -350,10 +350,19 @@ def fit(
                 step, len(train_set), config.batch_size, config.seed, rank, world_size
             )
             x = _stack(train_set, indices, device)
-            noise = torch.Generator(device=device).manual_seed(
-                (config.seed * 1_000_003 + step) * 1009 + rank
+            # Noise for the whole global batch, then this process's share: the noise an image
+            # gets does not depend on the number of processes.
+            noise_generator = torch.Generator(device=device).manual_seed(
+                (config.seed * 1_000_003 + step) * 1009
             )
-            loss = loss_module(x, noise)
+            global_noise = torch.rand(
+                (config.batch_size, *glow.img_size),
+                generator=noise_generator,
+                device=device,
+                dtype=glow.dtype,
+            )
+            share = config.batch_size // world_size
+            loss = loss_module(x, global_noise[rank * share : (rank + 1) * share])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(glow.parameters(), config.grad_clip)
