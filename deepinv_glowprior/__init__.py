@@ -1,6 +1,7 @@
 """deepinv-glowprior: invertible (Glow) generative priors for DeepInverse."""
 
 from deepinv_glowprior.glow import CheckpointError, Glow, GlowConfig
+from deepinv_glowprior.pretrained import available_models, load_pretrained, model_card
 from deepinv_glowprior.prior import GlowPrior
 from deepinv_glowprior.reconstructor import GlowReconstructor, GlowSolution
 
@@ -11,5 +12,8 @@ __all__ = [
     "GlowPrior",
     "GlowReconstructor",
     "GlowSolution",
+    "available_models",
+    "load_pretrained",
+    "model_card",
 ]
 __version__ = "0.1.0"
