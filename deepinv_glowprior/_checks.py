@@ -51,7 +51,7 @@ def check_image_batch(
     check_dtype_device(x, name=name, dtype=dtype, device=device)
     check_finite_tensor(x, name=name)
     if check_range:
-        low, high = float(x.min()), float(x.max())
+        low, high = float(x.detach().min()), float(x.detach().max())
         if low < -range_tolerance or high > 1 + range_tolerance:
             raise ValueError(
                 f"{name} must hold images in [0, 1], got values in [{low:.4g}, {high:.4g}]. "

@@ -1,0 +1,685 @@
+"""Tests of :mod:`deepinv_glowprior.reconstructor` on a tiny, briefly trained Glow: deepinv physics,
+exact recovery without representation error, batch independence, restarts, initialisations,
+presets, the discrepancy principle, deepinv.test, input errors and numerical robustness."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import deepinv as dinv
+import pytest
+import torch
+
+from deepinv_glowprior import Glow, GlowReconstructor, GlowSolution
+from deepinv_glowprior.reconstructor import noise_sigma
+
+TINY = {"img_size": (1, 8, 8), "levels": 2, "steps": 2, "hidden_channels": 16}
+IMG = TINY["img_size"]
+N = math.prod(IMG)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the tests share two cores with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_and_quiet():
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.lu.*")
+        warnings.filterwarnings("ignore", message=".*lu_unpack.*")
+        yield
+
+
+def smooth_images(n: int, seed: int = 0, noise: float = 0.03) -> torch.Tensor:
+    """Two Gaussian blobs per 8x8 image, plus a little pixel noise, in [0, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    centre_y = 1.5 + 5 * torch.rand(n, 2, 1, 1, generator=generator)
+    centre_x = 1.5 + 5 * torch.rand(n, 2, 1, 1, generator=generator)
+    width = 1.0 + torch.rand(n, 2, 1, 1, generator=generator)
+    height = 0.4 + 0.5 * torch.rand(n, 2, 1, 1, generator=generator)
+    blobs = height * torch.exp(-((yy - centre_y) ** 2 + (xx - centre_x) ** 2) / (2 * width**2))
+    images = 0.1 + 0.8 * blobs.sum(dim=1, keepdim=True)
+    return (images + noise * torch.randn(n, 1, 8, 8, generator=generator)).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def glow() -> Glow:
+    """A tiny Glow trained for 150 Adam steps on blob images (about a second)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.manual_seed(0)
+        data = smooth_images(512)
+        model = Glow(**TINY)
+        model.initialize(data[:64])
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(150):
+            batch = data[torch.randint(0, len(data), (32,), generator=generator)]
+            loss = model.bits_per_dim(batch, generator=generator).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    assert float(loss.detach()) < 6.5, "the tiny Glow did not train"
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def glow64(glow) -> Glow:
+    """The same model in float64, for exact comparisons."""
+    return copy.deepcopy(glow).double()
+
+
+def in_distribution(glow: Glow, n: int, seed: int) -> torch.Tensor:
+    """Images the model likes: samples at temperature 0.5."""
+    return glow.sample(n, 0.5, generator=torch.Generator().manual_seed(seed))
+
+
+def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return dinv.metric.PSNR()(x_hat, x)
+
+
+def gaussian(sigma: float, seed: int = 0) -> dinv.physics.GaussianNoise:
+    return dinv.physics.GaussianNoise(sigma, rng=torch.Generator().manual_seed(seed))
+
+
+def denoising(sigma: float = 0.1, seed: int = 0) -> dinv.physics.Denoising:
+    return dinv.physics.Denoising(gaussian(sigma, seed))
+
+
+def compressed_sensing(m: int, sigma: float | None = None, seed: int = 1):
+    physics = dinv.physics.CompressedSensing(
+        m=m, img_size=IMG, rng=torch.Generator().manual_seed(seed)
+    )
+    if sigma is not None:
+        physics.noise_model = gaussian(sigma, seed)
+    return physics
+
+
+def all_physics() -> dict[str, dinv.physics.Physics]:
+    mask = (torch.rand(1, *IMG, generator=torch.Generator().manual_seed(2)) > 0.4).float()
+    return {
+        "denoising": denoising(0.05),
+        "cs": compressed_sensing(32, sigma=0.01),
+        "inpainting": dinv.physics.Inpainting(img_size=IMG, mask=mask, noise_model=gaussian(0.01)),
+        "blur": dinv.physics.BlurFFT(
+            img_size=IMG,
+            filter=dinv.physics.blur.gaussian_blur(sigma=1.0),
+            noise_model=gaussian(0.01),
+        ),
+        "downsampling": dinv.physics.Downsampling(
+            img_size=IMG, filter="bicubic", factor=2, noise_model=gaussian(0.01)
+        ),
+    }
+
+
+# -- deepinv interface ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(all_physics()))
+def test_forward_shape_range_and_no_grad(glow, name):
+    physics = all_physics()[name]
+    x = in_distribution(glow, 3, seed=1)
+    y = physics(x)
+    model = GlowReconstructor(glow, gamma=0.01, max_iter=60)
+    with torch.no_grad():
+        x_hat = model(y, physics)
+    assert x_hat.shape == (3, *IMG)
+    assert bool(torch.isfinite(x_hat).all())
+    assert float(x_hat.min()) >= 0 and float(x_hat.max()) <= 1
+    assert not x_hat.requires_grad
+    assert not y.requires_grad and y.grad is None
+    # The reconstruction fits the data better than the model's mean image G(0) does.
+    solution = model.last_solution
+    assert isinstance(solution, GlowSolution)
+    torch.testing.assert_close(solution.x, x_hat)
+    with torch.no_grad():
+        start = (physics.A(glow.decode(torch.zeros(3, N))) - y).pow(2).flatten(1).sum(1)
+    assert bool((solution.residual < start).all())
+
+
+def test_caller_tensors_and_glow_parameters_untouched(glow):
+    physics = denoising(0.1)
+    x = in_distribution(glow, 2, seed=2)
+    y = physics(x).requires_grad_(True)  # even a y that requires grad stays out of the graph
+    parameters = list(glow.parameters())
+    before = [p.requires_grad for p in parameters]
+    parameters[0].requires_grad_(False)  # a mixed state must come back exactly
+    mixed = [p.requires_grad for p in parameters]
+    try:
+        x_hat = GlowReconstructor(glow, gamma=0.01, max_iter=30)(y, physics)
+        assert [p.requires_grad for p in parameters] == mixed
+    finally:
+        for p, flag in zip(parameters, before, strict=True):
+            p.requires_grad_(flag)
+    assert not x_hat.requires_grad and x_hat.grad_fn is None
+    assert y.grad is None
+    assert all(p.grad is None for p in parameters)
+
+
+def test_zero_representation_error_noiseless_cs(glow):
+    """x = G(z) is in the model's range: noiseless CS with m = n recovers it almost exactly."""
+    z_true = 0.5 * torch.randn(4, N, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        x_true = glow.decode(z_true)
+    assert float(x_true.min()) >= 0 and float(x_true.max()) <= 1
+    physics = compressed_sensing(N)
+    y = physics(x_true)
+    model = GlowReconstructor(glow, gamma=0.0, max_iter=300, tol=1e-10)
+    solution = model.solve(y, physics)
+    values = psnr(solution.x, x_true)
+    assert bool((values > 40).all()), values
+    assert bool((solution.residual < 1e-3).all()), (values, solution.residual)
+
+
+@pytest.mark.parametrize("physics_name", ["denoising", "cs"])
+def test_batch_independence(glow, physics_name):
+    physics = denoising(0.1) if physics_name == "denoising" else compressed_sensing(40, 0.02)
+    x = in_distribution(glow, 8, seed=4)
+    y = physics(x)
+    model = GlowReconstructor(glow, gamma=0.01, max_iter=100)
+    together = model.solve(y, physics)
+    psnr_together = psnr(together.x, x)
+    for i in (0, 3, 7):
+        alone = model.solve(y[i : i + 1], physics)
+        assert float((alone.x[0] - together.x[i]).abs().max()) <= 1e-3
+        assert abs(float(psnr(alone.x, x[i : i + 1])[0]) - float(psnr_together[i])) <= 0.05
+
+
+def test_batch_independence_of_random_restarts(glow64):
+    """Random starts do not depend on the sample's position in the batch (float64: exact)."""
+    physics = compressed_sensing(24, 0.02)
+    physics.to(torch.float64)
+    x = in_distribution(glow64, 4, seed=5)
+    y = physics(x)
+    model = GlowReconstructor(
+        glow64, gamma=0.01, init="random", init_std=0.5, restarts=2, max_iter=40
+    )
+    together = model.solve(y, physics)
+    for i in (1, 3):
+        alone = model.solve(y[i : i + 1], physics)
+        torch.testing.assert_close(alone.x[0], together.x[i], atol=1e-9, rtol=0)
+        torch.testing.assert_close(alone.z[0], together.z[i], atol=1e-9, rtol=0)
+
+
+def test_restarts_never_worse_than_first_start(glow):
+    physics = compressed_sensing(20, 0.02)
+    x = in_distribution(glow, 4, seed=6)
+    y = physics(x)
+    first = GlowReconstructor(glow, gamma=0.01, max_iter=80).solve(y, physics)
+    several = GlowReconstructor(glow, gamma=0.01, max_iter=80, restarts=3, init_std=0.7)
+    best = several.solve(y, physics)
+    assert bool((best.objective <= first.objective + 1e-6).all())
+    assert bool((best.iterations > first.iterations).all())
+    assert bool(torch.isfinite(best.x).all())
+    # x, z, objective and residual belong to the same restart.
+    with torch.no_grad():
+        x_from_z = glow.decode(best.z).clamp(0, 1)
+    torch.testing.assert_close(best.x, x_from_z, atol=1e-5, rtol=0)
+
+
+# -- initialisations ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("init", ["zero", "random", "pinv"])
+def test_string_inits(glow, init):
+    physics = compressed_sensing(32, 0.01)
+    x = in_distribution(glow, 3, seed=7)
+    y = physics(x)
+    solution = GlowReconstructor(glow, gamma=0.01, init=init, max_iter=80).solve(y, physics)
+    assert solution.x.shape == (3, *IMG)
+    assert bool(torch.isfinite(solution.x).all())
+    assert bool((solution.objective < solution.history[0]).all())
+
+
+class _NaNPinvDenoising(dinv.physics.Denoising):
+    """A denoising physics whose pseudo-inverse is broken (returns NaN)."""
+
+    def A_dagger(self, y, **kwargs):
+        return torch.full_like(y, math.nan)
+
+
+def test_pinv_fallback_on_non_finite_latent(glow):
+    physics = _NaNPinvDenoising(gaussian(0.1))
+    y = physics(in_distribution(glow, 2, seed=8))
+    model = GlowReconstructor(glow, gamma=0.01, init="pinv", max_iter=40)
+    with pytest.warns(UserWarning, match="init='pinv' gave non-finite or huge latents"):
+        x_hat = model(y, physics)
+    assert bool(torch.isfinite(x_hat).all())
+    assert x_hat.shape == (2, *IMG)
+
+
+def test_pinv_fallback_on_huge_latent(glow, monkeypatch):
+    physics = denoising(0.1)
+    y = physics(in_distribution(glow, 3, seed=9))
+    original = glow._encode
+
+    def huge_second_latent(x):
+        z, logdet = original(x)
+        z = z.clone()
+        z[1] = 1e4
+        return z, logdet
+
+    monkeypatch.setattr(glow, "_encode", huge_second_latent)
+    model = GlowReconstructor(glow, gamma=0.01, init="pinv", max_iter=1)
+    with pytest.warns(UserWarning, match="for 1 of 3 samples"):
+        start = model._pinv_latent(y, physics)
+    assert float(start[1].abs().max()) == 0.0
+    assert float(start[0].abs().max()) > 0.0
+    with pytest.warns(UserWarning, match="init='pinv'"):
+        x_hat = model(y, physics)
+    assert bool(torch.isfinite(x_hat).all())
+
+
+def test_tensor_and_callable_inits(glow):
+    z_true = 0.4 * torch.randn(2, N, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        x_true = glow.decode(z_true)
+    physics = compressed_sensing(N)
+    y = physics(x_true)
+    # Starting at the answer: the solver stops at once and returns it.
+    at_truth = GlowReconstructor(glow, init=z_true, max_iter=50).solve(y, physics)
+    assert bool((at_truth.iterations <= 2).all())
+    torch.testing.assert_close(at_truth.x, x_true.clamp(0, 1), atol=1e-4, rtol=0)
+    # A shared (n,) latent of zeros is the same as init="zero".
+    zero = GlowReconstructor(glow, init="zero", max_iter=30).solve(y, physics)
+    flat = GlowReconstructor(glow, init=torch.zeros(N), max_iter=30).solve(y, physics)
+    torch.testing.assert_close(flat.x, zero.x)
+    # A callable gets (y, physics).
+    calls = []
+
+    def init(y_seen, physics_seen):
+        calls.append((y_seen.shape, physics_seen))
+        return z_true
+
+    from_callable = GlowReconstructor(glow, init=init, max_iter=50).solve(y, physics)
+    assert calls == [(y.shape, physics)]
+    torch.testing.assert_close(from_callable.x, at_truth.x)
+
+
+@pytest.mark.parametrize(
+    "init",
+    [torch.zeros(N + 1), torch.zeros(3, N), torch.zeros(2, 2, N), lambda y, p: torch.zeros(2, 5)],
+    ids=["n+1", "wrong-batch", "rank-3", "callable"],
+)
+def test_wrong_init_shape(glow, init):
+    physics = denoising(0.1)
+    y = physics(in_distribution(glow, 2, seed=11))
+    with pytest.raises(ValueError, match="init must give latents of shape"):
+        GlowReconstructor(glow, init=init, max_iter=5)(y, physics)
+
+
+def test_non_finite_init(glow):
+    physics = denoising(0.1)
+    y = physics(in_distribution(glow, 2, seed=11))
+    with pytest.raises(ValueError, match="init holds"):
+        GlowReconstructor(glow, init=torch.full((N,), math.nan), max_iter=5)(y, physics)
+
+
+# -- optimisers and presets ----------------------------------------------------------------------
+
+
+def test_adam_optimizer(glow):
+    physics = denoising(0.1)
+    x = in_distribution(glow, 3, seed=12)
+    y = physics(x)
+    model = GlowReconstructor(glow, gamma=0.01, optimizer="adam", lr=0.05, max_iter=150)
+    assert model.optimizer == "adam"
+    solution = model.solve(y, physics)
+    assert bool(torch.isfinite(solution.x).all())
+    assert bool((solution.objective < solution.history[0]).all())
+    # Adam gets close to what L-BFGS finds.
+    lbfgs = GlowReconstructor(glow, gamma=0.01, max_iter=150).solve(y, physics)
+    assert bool((solution.objective <= 1.05 * lbfgs.objective).all()), (solution, lbfgs)
+    assert bool((psnr(solution.x, x) > psnr(y.clamp(0, 1), x)).all())
+    assert GlowReconstructor(glow, optimizer="adam").lr == 1e-2
+
+
+@pytest.mark.parametrize(
+    ("task", "lr", "max_iter"),
+    [("cs", 0.1, 600), ("denoising", 1.0, 400), ("inpainting", 1.0, 400)],
+)
+def test_paper_preset(glow, task, lr, max_iter):
+    model = GlowReconstructor.from_preset(glow, "paper", task=task)
+    assert (model.lr, model.max_iter, model.gamma) == (lr, max_iter, 0.0)
+    assert model.line_search == "guard"
+    assert model.optimizer == "lbfgs" and model.init == "zero" and model.regularizer == "l2sq"
+    assert model.max_step is None
+    tuned = GlowReconstructor.from_preset(glow, task=task, gamma=0.05, max_iter=40)
+    assert (tuned.gamma, tuned.max_iter, tuned.lr) == (0.05, 40, lr)
+    physics = {
+        "cs": compressed_sensing(32, 0.01),
+        "denoising": denoising(0.1),
+        "inpainting": dinv.physics.Inpainting(
+            img_size=IMG, mask=0.6, rng=torch.Generator().manual_seed(3)
+        ),
+    }[task]
+    x = in_distribution(glow, 2, seed=13)
+    y = physics(x)
+    x_hat = tuned(y, physics)
+    assert x_hat.shape == (2, *IMG) and bool(torch.isfinite(x_hat).all())
+
+
+def test_paper_preset_cs_runs_in_full(glow):
+    z_true = 0.5 * torch.randn(2, N, generator=torch.Generator().manual_seed(14))
+    with torch.no_grad():
+        x_true = glow.decode(z_true)
+    physics = compressed_sensing(N)
+    model = GlowReconstructor.from_preset(glow, "paper", task="cs")
+    x_hat = model(physics(x_true), physics)
+    assert bool(torch.isfinite(x_hat).all())
+    assert bool((psnr(x_hat, x_true) > 30).all())
+
+
+@pytest.mark.parametrize(("preset", "task"), [("fast", "cs"), ("paper", "deblurring")])
+def test_bad_preset_or_task(glow, preset, task):
+    with pytest.raises(ValueError, match="preset|task"):
+        GlowReconstructor.from_preset(glow, preset, task=task)
+
+
+# -- gamma="auto" --------------------------------------------------------------------------------
+
+
+def test_noise_sigma():
+    assert noise_sigma(denoising(0.07)) == pytest.approx(0.07)
+    for noise in (
+        dinv.physics.PoissonNoise(gain=0.1),
+        dinv.physics.ZeroNoise(),
+        dinv.physics.PoissonGaussianNoise(gain=0.1, sigma=0.05),
+        dinv.physics.UniformGaussianNoise(),
+    ):
+        with pytest.raises(ValueError, match="Gaussian noise level"):
+            noise_sigma(dinv.physics.Denoising(noise))
+    with pytest.raises(ValueError, match="Gaussian noise level"):
+        noise_sigma(compressed_sensing(8))  # ZeroNoise by default
+    with pytest.raises(ValueError, match="noise level > 0"):
+        noise_sigma(denoising(0.0))
+    with pytest.raises(ValueError, match="one noise level"):
+        noise_sigma(dinv.physics.Denoising(dinv.physics.GaussianNoise(torch.tensor([0.1, 0.2]))))
+
+
+def _auto_solve(model, y, physics):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        solution = model.solve(y, physics)
+    fell_through = any("down to the smallest gamma" in str(w.message) for w in caught)
+    return solution, fell_through
+
+
+def test_gamma_auto_discrepancy_principle(glow):
+    sigma = 0.1
+    physics = denoising(sigma, seed=15)
+    x = in_distribution(glow, 8, seed=15)
+    y = physics(x)
+    model = GlowReconstructor(glow, gamma="auto", max_iter=100)
+    solution, fell_through = _auto_solve(model, y, physics)
+    target = model.tau * N * sigma**2
+    grid = torch.tensor(model.gamma_grid) * sigma**2
+    smallest = float(grid.min())
+    for i in range(8):
+        gamma_i = float(solution.gamma[i])
+        assert torch.isclose(grid, torch.tensor(gamma_i), rtol=1e-5).any(), gamma_i
+        satisfied = float(solution.residual[i]) <= target
+        assert satisfied or (gamma_i == pytest.approx(smallest) and fell_through)
+    assert bool(torch.isfinite(solution.x).all())
+
+    # The oracle: the best PSNR over the grid, each gamma solved from z = 0.
+    oracle = torch.full((8,), -math.inf)
+    for value in grid.tolist():
+        fixed = GlowReconstructor(glow, gamma=value, max_iter=100).solve(y, physics)
+        oracle = torch.maximum(oracle, psnr(fixed.x, x))
+    auto_psnr = psnr(solution.x, x)
+    noisy_psnr = psnr(y.clamp(0, 1), x)
+    assert float(auto_psnr.mean()) >= float(oracle.mean()) - 3.0, (auto_psnr, oracle)
+    assert bool((auto_psnr > noisy_psnr).all()), (auto_psnr, noisy_psnr)
+
+
+def test_gamma_auto_keeps_largest_admissible_gamma(glow):
+    """A generous noise level: the first (largest) grid value already fits; a tiny one cannot."""
+    x = in_distribution(glow, 3, seed=16)
+    y = x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(16))
+    loose = dinv.physics.Denoising(dinv.physics.GaussianNoise(0.5))
+    model = GlowReconstructor(glow, gamma="auto", gamma_grid=(10.0, 0.01), max_iter=60)
+    solution, fell_through = _auto_solve(model, y, loose)
+    torch.testing.assert_close(solution.gamma, torch.full((3,), 10.0 * 0.25))
+    assert not fell_through
+    # With sigma = 0.02 the huge gamma (10 sigma^2 * 1e4) cannot fit; the small one is taken.
+    tight = dinv.physics.Denoising(dinv.physics.GaussianNoise(0.02))
+    model = GlowReconstructor(glow, gamma="auto", gamma_grid=(1e5, 1.0), max_iter=100)
+    solution, _ = _auto_solve(model, y, tight)
+    torch.testing.assert_close(solution.gamma, torch.full((3,), 1.0 * 0.02**2))
+
+
+def test_gamma_auto_needs_gaussian_noise(glow):
+    x = in_distribution(glow, 2, seed=17)
+    model = GlowReconstructor(glow, gamma="auto", max_iter=10)
+    poisson = dinv.physics.Denoising(dinv.physics.PoissonNoise(gain=0.1))
+    with pytest.raises(ValueError, match="gamma='auto' needs a Gaussian noise level"):
+        model(x, poisson)
+    noiseless = compressed_sensing(16)
+    with pytest.raises(ValueError, match="ZeroNoise"):
+        model(noiseless.A(x), noiseless)
+
+
+# -- deepinv.test --------------------------------------------------------------------------------
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    """Ground-truth images only, as deepinv.test expects with online measurements."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+
+def test_deepinv_test_runs_unchanged(glow):
+    images = in_distribution(glow, 4, seed=18)
+    dataset = _ImageDataset(images)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, shuffle=False)
+    physics = denoising(0.1, seed=18)
+    model = GlowReconstructor(glow, gamma=0.01, max_iter=40)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="non_blocking_transfers")
+        results = dinv.test(
+            model,
+            loader,
+            physics,
+            metrics=[dinv.metric.PSNR()],
+            online_measurements=True,
+            device="cpu",
+            plot_images=False,
+            verbose=False,
+            show_progress_bar=False,
+        )
+    values = {key: float(value) for key, value in results.items() if "PSNR" in key}
+    assert "PSNR" in values and all(math.isfinite(v) for v in values.values()), results
+    assert values["PSNR"] > values["PSNR no learning"], results
+    assert not images.requires_grad and images.grad is None
+    assert not any(dataset[i].requires_grad for i in range(len(dataset)))
+
+
+# -- input errors ----------------------------------------------------------------------------------
+
+
+def test_error_y_shape_does_not_match_physics(glow):
+    physics = compressed_sensing(32)
+    y = compressed_sensing(16)(in_distribution(glow, 2, seed=19))
+    with pytest.raises(ValueError, match="do not match the physics"):
+        GlowReconstructor(glow, max_iter=5)(y, physics)
+    with pytest.raises(ValueError, match="non-empty batch"):
+        GlowReconstructor(glow, max_iter=5)(torch.zeros(32), physics)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        GlowReconstructor(glow, max_iter=5)(y.numpy(), physics)
+    with pytest.raises(TypeError, match="Physics"):
+        GlowReconstructor(glow, max_iter=5)(y, object())
+
+
+@pytest.mark.parametrize("kind", ["cs", "inpainting"])
+def test_error_physics_for_another_image_size(glow, kind):
+    big = (1, 16, 16)
+    if kind == "cs":
+        physics = dinv.physics.CompressedSensing(m=32, img_size=big, rng=torch.Generator())
+    else:
+        physics = dinv.physics.Inpainting(img_size=big, mask=0.5, rng=torch.Generator())
+    y = physics(torch.rand(2, *big))
+    with pytest.raises(ValueError, match=r"Glow's image size|Build the physics"):
+        GlowReconstructor(glow, max_iter=5)(y, physics)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_error_non_finite_y(glow, bad):
+    physics = denoising(0.1)
+    y = physics(in_distribution(glow, 2, seed=20))
+    y[1, 0, 3, 3] = bad
+    with pytest.raises(ValueError, match="y holds 1 NaN or infinite"):
+        GlowReconstructor(glow, max_iter=5)(y, physics)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"gamma": -0.1}, ValueError, "gamma must be >= 0"),
+        ({"gamma": math.nan}, ValueError, "gamma must be finite"),
+        ({"gamma": "large"}, TypeError, "gamma must be a number"),
+        ({"regularizer": "l1"}, ValueError, "regularizer must be one of"),
+        ({"optimizer": "sgd"}, ValueError, "optimizer must be one of"),
+        ({"init": "ones"}, ValueError, "init must be one of"),
+        ({"line_search": "wolfe"}, ValueError, "line_search"),
+        ({"restarts": 0}, ValueError, "restarts must be a positive int"),
+        ({"max_iter": 0}, ValueError, "max_iter must be a positive int"),
+        ({"lr": 0.0}, ValueError, "lr must be > 0"),
+        ({"gamma_grid": (1.0, -1.0)}, ValueError, "gamma_grid"),
+        ({"tau": math.inf}, ValueError, "tau must be finite"),
+    ],
+)
+def test_error_bad_settings(glow, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        GlowReconstructor(glow, **kwargs)
+
+
+def test_error_untrained_or_foreign_model(glow):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        untrained = Glow(**TINY)
+    with pytest.raises(ValueError, match="untrained"):
+        GlowReconstructor(untrained)
+    with pytest.raises(TypeError, match="deepinv_glowprior.Glow"):
+        GlowReconstructor(torch.nn.Linear(N, N))
+    with pytest.raises(TypeError, match="deepinv_glowprior.Glow"):
+        GlowReconstructor.from_preset(torch.nn.Identity())
+
+
+class _DenoisingWithStrayBuffer(dinv.physics.Denoising):
+    """A physics holding one tensor on another device ('meta' stands in for a GPU)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("stray", torch.empty(3, device="meta"))
+
+
+def test_error_physics_on_another_device(glow):
+    physics = _DenoisingWithStrayBuffer(gaussian(0.1))
+    y = in_distribution(glow, 2, seed=21)
+    with pytest.raises(ValueError, match="physics holds tensors on meta"):
+        GlowReconstructor(glow, max_iter=5)(y, physics)
+    with pytest.raises(ValueError, match="y is on meta"):
+        GlowReconstructor(glow, max_iter=5)(torch.empty(2, *IMG, device="meta"), denoising())
+
+
+# -- numerical robustness and regularisers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case", ["y-times-1e3", "cs-m-1", "gamma-1e6", "lr-1e3", "lr-1e3-guard-no-cap"]
+)
+def test_numerical_robustness(glow, case):
+    x = in_distribution(glow, 2, seed=22)
+    physics = denoising(0.1)
+    options = {"gamma": 0.01, "max_iter": 40}
+    y = physics(x)
+    if case == "y-times-1e3":
+        y = 1e3 * y
+    elif case == "cs-m-1":
+        physics = compressed_sensing(1, 0.01)
+        y = physics(x)
+    elif case == "gamma-1e6":
+        options["gamma"] = 1e6
+    elif case == "lr-1e3":
+        options["lr"] = 1e3
+    else:
+        options.update(lr=1e3, line_search="guard", max_step=math.inf)
+    solution = GlowReconstructor(glow, **options).solve(y, physics)
+    assert solution.x.shape == (2, *IMG)
+    for tensor in (solution.x, solution.z, solution.objective, solution.residual):
+        assert bool(torch.isfinite(tensor).all())
+    assert float(solution.x.min()) >= 0 and float(solution.x.max()) <= 1
+    if case == "gamma-1e6":
+        assert float(solution.z.norm(dim=1).max()) < 1e-2  # all prior, no data
+
+
+@pytest.mark.parametrize("regularizer", ["l2sq", "l2", "nll", None])
+def test_regularizers_run(glow, regularizer):
+    physics = compressed_sensing(32, 0.02)
+    x = in_distribution(glow, 2, seed=23)
+    y = physics(x)
+    model = GlowReconstructor(glow, gamma=0.05, regularizer=regularizer, max_iter=60)
+    solution = model.solve(y, physics)
+    assert bool(torch.isfinite(solution.x).all())
+    assert bool(torch.isfinite(solution.objective).all())
+    # The reported objective is residual + gamma * R(z) for that regulariser.
+    with torch.no_grad():
+        _, logdet = glow.decode(solution.z, return_logdet=True)
+    squared_norm = solution.z.pow(2).sum(dim=1)
+    penalty = {
+        "l2sq": squared_norm,
+        "l2": squared_norm.sqrt(),
+        "nll": 0.5 * squared_norm + logdet,
+        None: torch.zeros_like(squared_norm),
+    }[regularizer]
+    expected = solution.residual + 0.05 * penalty
+    torch.testing.assert_close(solution.objective, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_larger_gamma_shrinks_latent(glow):
+    physics = denoising(0.1, seed=24)
+    y = physics(in_distribution(glow, 3, seed=24))
+    norms = []
+    for gamma in (0.0, 0.003, 0.03, 0.3, 3.0):
+        solution = GlowReconstructor(glow, gamma=gamma, max_iter=150).solve(y, physics)
+        norms.append(solution.z.norm(dim=1))
+    norms = torch.stack(norms)
+    assert bool((norms[1:] <= norms[:-1] * (1 + 1e-3)).all()), norms
+    assert bool((norms[-1] < 0.5 * norms[0]).all()), norms
+
+
+def test_gamma_auto_is_batch_independent(glow64):
+    """Samples that meet the discrepancy early keep their solution while others go on down the
+    grid (float64, where the tiny model's batched and single evaluations agree exactly)."""
+    x = in_distribution(glow64, 4, seed=25)
+    level = torch.tensor([0.02, 0.05, 0.2, 0.3], dtype=torch.float64).view(4, 1, 1, 1)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(25), dtype=torch.float64)
+    y = x + level * noise
+    physics = denoising(0.1)
+    # Few iterations per grid point, so re-solving a decided sample would still move it.
+    model = GlowReconstructor(glow64, gamma="auto", max_iter=10)
+    together, _ = _auto_solve(model, y, physics)
+    assert len(set(together.gamma.tolist())) >= 3, together.gamma
+    for i in range(4):
+        alone, _ = _auto_solve(model, y[i : i + 1], physics)
+        assert float(alone.gamma[0]) == float(together.gamma[i])
+        torch.testing.assert_close(alone.x[0], together.x[i], atol=1e-9, rtol=0)
+        torch.testing.assert_close(alone.residual[0], together.residual[i], atol=1e-9, rtol=0)

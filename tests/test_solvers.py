@@ -1,0 +1,290 @@
+"""Tests of :mod:`deepinv_glowprior.solvers`: batched L-BFGS and Adam against closed forms, batch
+independence, guarded steps around non-finite or exploding objectives, and input errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from deepinv_glowprior.solvers import SolverResult, batched_adam, batched_lbfgs
+
+DOUBLE = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the tests share two cores with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_quadratics(
+    batch: int, dim: int, seed: int = 0, max_condition: float = 10.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Well-conditioned SPD matrices ``(B, n, n)`` (eigenvalues in [1, max_condition]) and ``b``."""
+    generator = torch.Generator().manual_seed(seed)
+    gaussian = torch.randn(batch, dim, dim, generator=generator, dtype=DOUBLE)
+    rotations, _ = torch.linalg.qr(gaussian)
+    eigenvalues = 1 + (max_condition - 1) * torch.rand(
+        batch, dim, generator=generator, dtype=DOUBLE
+    )
+    matrices = rotations @ torch.diag_embed(eigenvalues) @ rotations.transpose(1, 2)
+    vectors = torch.randn(batch, dim, generator=generator, dtype=DOUBLE)
+    return matrices, vectors
+
+
+def quadratic(matrices: torch.Tensor, vectors: torch.Tensor):
+    """Per-sample :math:`\\tfrac12 z^\\top A_i z - b_i^\\top z`, minimal at :math:`A_i^{-1}b_i`."""
+
+    def objective(z: torch.Tensor) -> torch.Tensor:
+        return 0.5 * torch.einsum("bi,bij,bj->b", z, matrices, z) - (vectors * z).sum(dim=1)
+
+    return objective
+
+
+def rosenbrock(z: torch.Tensor) -> torch.Tensor:
+    """Chained Rosenbrock function per sample, minimised at all ones."""
+    head, tail = z[:, :-1], z[:, 1:]
+    return ((1 - head) ** 2 + 100 * (tail - head**2) ** 2).sum(dim=1)
+
+
+def nan_outside_ball(target: torch.Tensor, value: float = math.nan):
+    """``||z - target||^2`` inside the unit ball, ``value`` (NaN or inf) outside it."""
+
+    def objective(z: torch.Tensor) -> torch.Tensor:
+        inside = z.norm(dim=1) <= 1.0
+        return torch.where(inside, ((z - target) ** 2).sum(dim=1), value)
+
+    return objective
+
+
+# -- L-BFGS ------------------------------------------------------------------------------------
+
+
+def test_lbfgs_solves_batch_of_quadratics_to_closed_form():
+    matrices, vectors = random_quadratics(6, 10, seed=1)
+    expected = torch.linalg.solve(matrices, vectors)
+    result = batched_lbfgs(
+        quadratic(matrices, vectors),
+        torch.zeros(6, 10, dtype=DOUBLE),
+        max_iter=200,
+        tol=1e-15,
+        grad_tol=1e-11,
+    )
+    assert isinstance(result, SolverResult)
+    assert result.z.dtype == DOUBLE
+    torch.testing.assert_close(result.z, expected, atol=1e-6, rtol=0)
+    assert bool(result.converged.all())
+    optimum = quadratic(matrices, vectors)(expected)
+    torch.testing.assert_close(result.objective, optimum, atol=1e-10, rtol=0)
+    assert len(result.history) == int(result.iterations.max()) + 1
+    assert result.rejected_steps == 0
+
+
+def test_lbfgs_rosenbrock_float64():
+    generator = torch.Generator().manual_seed(3)
+    z0 = torch.cat(
+        [
+            torch.tensor([[-1.2, 1.0, -1.2, 1.0]], dtype=DOUBLE),
+            torch.rand(3, 4, generator=generator, dtype=DOUBLE) * 2 - 1,
+        ]
+    )
+    result = batched_lbfgs(rosenbrock, z0, max_iter=1000, tol=0.0, grad_tol=1e-12)
+    torch.testing.assert_close(result.z, torch.ones_like(z0), atol=1e-5, rtol=0)
+    assert bool((result.objective < 1e-10).all())
+    # The objective of each sample never increases under the Armijo line search.
+    history = torch.stack(result.history)
+    assert bool((history[1:] <= history[:-1] + 1e-12).all())
+
+
+def test_lbfgs_iteration_counts_are_per_sample():
+    """An isotropic quadratic converges in a step or two; ill-conditioned ones need more."""
+    dim = 12
+    matrices, vectors = random_quadratics(4, dim, seed=2, max_condition=200.0)
+    matrices[0] = torch.eye(dim, dtype=DOUBLE)
+    result = batched_lbfgs(
+        quadratic(matrices, vectors),
+        torch.zeros(4, dim, dtype=DOUBLE),
+        max_iter=300,
+        tol=1e-15,
+        grad_tol=1e-10,
+    )
+    iterations = result.iterations.tolist()
+    assert len(set(iterations)) > 1, iterations
+    assert iterations[0] < min(iterations[1:]), iterations
+    torch.testing.assert_close(result.z, torch.linalg.solve(matrices, vectors), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("line_search", ["armijo", "guard"])
+def test_lbfgs_batch_independence(line_search):
+    generator = torch.Generator().manual_seed(4)
+    matrices, vectors = random_quadratics(8, 6, seed=5, max_condition=50.0)
+    offsets = torch.randn(8, 6, generator=generator, dtype=DOUBLE)
+
+    def make_objective(index: slice):
+        base = quadratic(matrices[index], vectors[index])
+        # A non-quadratic term, so that the samples' curvature pairs genuinely differ.
+        return lambda z: base(z) + 0.1 * ((z - offsets[index]) ** 4).sum(dim=1)
+
+    z0 = 0.5 * torch.randn(8, 6, generator=generator, dtype=DOUBLE)
+    options = {"max_iter": 100, "line_search": line_search, "max_step": 2.0}
+    together = batched_lbfgs(make_objective(slice(None)), z0, **options)
+    for i in range(8):
+        alone = batched_lbfgs(make_objective(slice(i, i + 1)), z0[i : i + 1], **options)
+        torch.testing.assert_close(alone.z[0], together.z[i], atol=1e-6, rtol=0)
+        assert int(alone.iterations[0]) == int(together.iterations[i])
+
+
+@pytest.mark.parametrize("line_search", ["armijo", "guard"])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_lbfgs_rejects_non_finite_steps(line_search, value):
+    """The minimiser lies where the objective is NaN/inf: iterates stay in the finite region."""
+    target = torch.tensor([[3.0, 3.0], [-2.0, 4.0]], dtype=DOUBLE)
+    result = batched_lbfgs(
+        nan_outside_ball(target, value),
+        torch.zeros(2, 2, dtype=DOUBLE),
+        max_iter=50,
+        lr=1.0,
+        line_search=line_search,
+    )
+    assert bool(torch.isfinite(result.z).all())
+    assert bool(torch.isfinite(result.objective).all())
+    assert bool((result.z.norm(dim=1) <= 1.0 + 1e-12).all())
+    assert result.rejected_steps > 0
+    # It made progress towards the boundary point nearest to the target.
+    start = ((target) ** 2).sum(dim=1)
+    assert bool((result.objective < start - 1.0).all())
+    for values in result.history:
+        assert bool(torch.isfinite(values).all())
+
+
+def test_lbfgs_guard_rejects_exploding_objective():
+    """A finite but exploding value (1e12) beyond |z| > 1.5 is refused by the guard."""
+
+    def objective(z: torch.Tensor) -> torch.Tensor:
+        smooth = ((z - 2.0) ** 2).sum(dim=1)
+        return torch.where(z.abs().amax(dim=1) > 1.5, torch.full_like(smooth, 1e12), smooth)
+
+    z0 = torch.zeros(3, 1, dtype=DOUBLE)
+    guarded = batched_lbfgs(objective, z0, max_iter=30, lr=1.0, line_search="guard")
+    assert bool((guarded.objective < 1.0).all()), guarded.objective
+    assert bool((guarded.z.abs() <= 1.5).all())
+    for values in guarded.history:
+        assert bool((values < 1e3).all())
+
+
+def test_lbfgs_max_step_caps_each_step():
+    target = torch.full((2, 4), 10.0, dtype=DOUBLE)
+    result = batched_lbfgs(
+        lambda z: ((z - target) ** 2).sum(dim=1),
+        torch.zeros(2, 4, dtype=DOUBLE),
+        max_iter=3,
+        lr=1.0,
+        max_step=0.5,
+        tol=0.0,
+    )
+    # Three steps of at most 0.5 each.
+    assert bool((result.z.norm(dim=1) <= 1.5 + 1e-9).all())
+    assert bool((result.z.norm(dim=1) > 0).all())
+
+
+# -- Adam -----------------------------------------------------------------------------------------
+
+
+def test_adam_reaches_quadratic_minimum_and_keeps_best():
+    matrices, vectors = random_quadratics(3, 5, seed=6)
+    objective = quadratic(matrices, vectors)
+    expected = torch.linalg.solve(matrices, vectors)
+    result = batched_adam(objective, torch.zeros(3, 5, dtype=DOUBLE), max_iter=3000, lr=0.05)
+    torch.testing.assert_close(result.z, expected, atol=1e-2, rtol=0)
+    history = torch.stack(result.history)
+    # The returned value is each sample's best over the run, and matches the returned latent.
+    torch.testing.assert_close(result.objective, history.min(dim=0).values)
+    torch.testing.assert_close(objective(result.z), result.objective)
+
+
+def test_adam_keeps_best_iterate_when_oscillating():
+    """With a large learning rate Adam oscillates; the best iterate, not the last, comes back."""
+    target = torch.tensor([[1.0, -1.0], [0.5, 2.0]], dtype=DOUBLE)
+
+    def objective(z):
+        return ((z - target) ** 2).sum(dim=1)
+
+    result = batched_adam(objective, torch.zeros(2, 2, dtype=DOUBLE), max_iter=60, lr=0.7)
+    history = torch.stack(result.history)
+    torch.testing.assert_close(result.objective, history.min(dim=0).values)
+    assert bool((result.objective <= history[-1]).all())
+    assert bool((history[1:] > history.min(dim=0).values).any()), "no oscillation to test"
+    torch.testing.assert_close(objective(result.z), result.objective)
+
+
+def test_adam_undoes_non_finite_steps():
+    target = torch.tensor([[3.0, 0.0], [0.0, -3.0]], dtype=DOUBLE)
+    result = batched_adam(
+        nan_outside_ball(target), torch.zeros(2, 2, dtype=DOUBLE), max_iter=300, lr=0.3
+    )
+    assert result.rejected_steps > 0
+    assert bool(torch.isfinite(result.z).all())
+    assert bool(torch.isfinite(result.objective).all())
+    assert bool((result.z.norm(dim=1) <= 1.0 + 1e-12).all())
+    # Close to the boundary point nearest the target, (1, 0) and (0, -1): objective 4.
+    torch.testing.assert_close(
+        result.objective, torch.full((2,), 4.0, dtype=DOUBLE), atol=0.2, rtol=0
+    )
+    for values in result.history:
+        assert bool(torch.isfinite(values).all())
+
+
+def test_adam_batch_independence():
+    matrices, vectors = random_quadratics(5, 4, seed=7)
+    z0 = torch.zeros(5, 4, dtype=DOUBLE)
+    together = batched_adam(quadratic(matrices, vectors), z0, max_iter=300, lr=0.05)
+    for i in range(5):
+        alone = batched_adam(
+            quadratic(matrices[i : i + 1], vectors[i : i + 1]), z0[:1], max_iter=300, lr=0.05
+        )
+        torch.testing.assert_close(alone.z[0], together.z[i], atol=1e-6, rtol=0)
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def _sum_of_squares(z: torch.Tensor) -> torch.Tensor:
+    return (z**2).sum(dim=1)
+
+
+@pytest.mark.parametrize("solver", [batched_lbfgs, batched_adam])
+@pytest.mark.parametrize("shape", [(4,), (2, 3, 4)])
+def test_wrong_z0_rank(solver, shape):
+    with pytest.raises(ValueError, match=r"\(B, n\)"):
+        solver(_sum_of_squares, torch.zeros(shape))
+
+
+@pytest.mark.parametrize("solver", [batched_lbfgs, batched_adam])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_non_finite_objective_at_start(solver, value):
+    def objective(z):
+        return _sum_of_squares(z) + torch.tensor([0.0, value], dtype=z.dtype)
+
+    with pytest.raises(FloatingPointError, match="starting point"):
+        solver(objective, torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("solver", [batched_lbfgs, batched_adam])
+@pytest.mark.parametrize(
+    "objective",
+    [lambda z: (z**2).sum(), lambda z: z**2, lambda z: (z**2).sum(dim=1, keepdim=True)],
+    ids=["scalar", "elementwise", "keepdim"],
+)
+def test_objective_with_wrong_shape(solver, objective):
+    with pytest.raises(ValueError, match="one value per sample"):
+        solver(objective, torch.ones(3, 2))
+
+
+def test_unknown_line_search():
+    with pytest.raises(ValueError, match="line_search"):
+        batched_lbfgs(_sum_of_squares, torch.ones(2, 2), line_search="wolfe")
