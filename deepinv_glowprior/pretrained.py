@@ -6,13 +6,16 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from deepinv_glowprior._checks import check_device, check_path
 from deepinv_glowprior.glow import Glow, read_checkpoint
 
 __all__ = [
@@ -70,8 +73,25 @@ class PretrainedModel:
 def _registry() -> dict[str, PretrainedModel]:
     if not REGISTRY_FILE.is_file():
         return {}
-    entries = json.loads(REGISTRY_FILE.read_text())
-    return {name: PretrainedModel(**entry) for name, entry in entries.items()}
+    try:
+        entries = json.loads(REGISTRY_FILE.read_text())
+        return {name: PretrainedModel(**entry) for name, entry in entries.items()}
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(
+            f"The model registry {REGISTRY_FILE} is damaged ({err}); reinstall the package."
+        ) from err
+
+
+def _write_registry(entries: dict[str, Any]) -> None:
+    """Write the registry atomically: a crash mid-write keeps the previous file."""
+    handle, temporary = tempfile.mkstemp(prefix=".registry.", suffix=".tmp", dir=WEIGHTS_DIR)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, REGISTRY_FILE)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def available_models() -> list[str]:
@@ -81,6 +101,8 @@ def available_models() -> list[str]:
 
 def model_card(name: str) -> PretrainedModel:
     """Registry entry of ``name`` (dataset, architecture, test bits/dim, training command)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a model name (str) such as 'mnist32', got {name!r}.")
     registry = _registry()
     if name not in registry:
         known = ", ".join(sorted(registry)) or "none are installed"
@@ -110,6 +132,7 @@ def load_pretrained(name: str, device: str | torch.device = "cpu") -> Glow:
     >>> glow.img_size  # doctest: +SKIP
     (1, 32, 32)
     """
+    check_device(device)
     card = model_card(name)
     path = WEIGHTS_DIR / card.filename
     if not path.is_file():
@@ -145,7 +168,7 @@ def export_run(
     """
     from deepinv_glowprior.train import evaluate_bits_per_dim
 
-    run_dir = Path(run_dir)
+    run_dir = _check_export(run_dir, name)
     payload = read_checkpoint(run_dir / "model.pt")
     meta = payload.get("meta", {})
     history = meta.get("history", [])
@@ -177,8 +200,40 @@ def export_run(
     )
     entries = {key: asdict(value) for key, value in _registry().items()}
     entries[name] = asdict(card)
-    REGISTRY_FILE.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    _write_registry(entries)
     return card
+
+
+_RUN_FILES = ("model.pt", "log.jsonl", "samples_final.png")
+
+
+def _check_export(run_dir: str | os.PathLike, name: str) -> Path:
+    """Check an export's name and run folder before anything is computed or written."""
+    if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name)):
+        raise ValueError(
+            f"name must be letters, digits, '_', '-' or '.', starting with a letter or digit (it "
+            f"names the weights file), got {name!r}."
+        )
+    check_path(run_dir, name="run_dir")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"Run folder {run_dir} does not exist; pass the --out folder of a finished "
+            "`glowprior train`."
+        )
+    missing = [file for file in _RUN_FILES if not (run_dir / file).is_file()]
+    if "model.pt" in missing and (run_dir / "checkpoint.pt").is_file():
+        raise FileNotFoundError(
+            f"{run_dir} holds a checkpoint but no model.pt: the training has not finished. Run "
+            "the same `glowprior train` command again to finish it, then export."
+        )
+    if missing:
+        raise FileNotFoundError(
+            f"{run_dir} lacks {', '.join(missing)}; it is not the folder of a finished "
+            "`glowprior train` run."
+        )
+    read_checkpoint(run_dir / "model.pt")  # a damaged model fails here, before any work
+    return run_dir
 
 
 def _seed_from_command(command: str) -> int:

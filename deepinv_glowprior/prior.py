@@ -64,6 +64,8 @@ class GlowPrior(Prior):
 
     def grad(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         r""":math:`\nabla_x g(x)`, without touching ``x`` or the Glow's parameter gradients."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor of shape (B, C, H, W), got {type(x)!r}.")
         with torch.enable_grad():
             x_copy = x.detach().requires_grad_(True)
             (gradient,) = torch.autograd.grad(self.fn(x_copy).sum(), x_copy)

@@ -11,7 +11,12 @@ import torch
 from deepinv.models import Reconstructor
 from deepinv.physics import GaussianNoise
 
-from deepinv_glowprior._checks import check_finite_tensor, check_nonnegative_number
+from deepinv_glowprior._checks import (
+    check_dtype_device,
+    check_finite_tensor,
+    check_nonnegative_number,
+    check_positive_int,
+)
 from deepinv_glowprior.glow import Glow
 from deepinv_glowprior.solvers import SolverResult, batched_adam, batched_lbfgs
 
@@ -23,6 +28,12 @@ OPTIMIZERS = ("lbfgs", "adam")
 PRESETS = ("paper",)
 PAPER_TASKS = ("cs", "denoising", "inpainting")
 _DEFAULTS = {"lbfgs": {"lr": 1.0, "max_iter": 300}, "adam": {"lr": 1e-2, "max_iter": 2000}}
+# Diagnostics (warnings) of a finished solve; none fires on well-posed problems at the defaults.
+_FEW_MEASUREMENTS = 0.02  # m/n below which y barely constrains the image
+_NO_PROGRESS_RTOL = 1e-6  # relative decrease below which a sample made no progress
+_MANY_HALVINGS = 4.0  # mean step shrink per iteration, in halvings: lr >= 16x too large
+_MANY_REJECTED = 0.1  # fraction of trial steps rejected as non-finite
+_RANGE_MARGIN = 1.0  # G(z) beyond [-margin, 1 + margin] before clamping: y is off-scale
 
 
 @dataclass
@@ -38,6 +49,8 @@ class GlowSolution:
     :param list history: objective ``(B,)`` after each iteration of the last solve.
     :param int evaluations: batched Glow forward+backward evaluations.
     :param int rejected_steps: trial steps rejected for a non-finite objective.
+    :param torch.Tensor step_shrink: per sample ``(B,)``, how much shorter than ``lr`` the
+        solver's steps were, in halvings summed over iterations (all restarts and grid points).
     """
 
     x: torch.Tensor
@@ -49,6 +62,7 @@ class GlowSolution:
     history: list[torch.Tensor] = field(default_factory=list)
     evaluations: int = 0
     rejected_steps: int = 0
+    step_shrink: torch.Tensor | None = None
 
 
 def noise_sigma(physics) -> float:
@@ -94,6 +108,13 @@ class GlowReconstructor(Reconstructor):
     (:math:`m` entries of :math:`y`, :math:`\sigma` from ``physics.noise_model``).
 
     Works under ``torch.no_grad()`` callers such as :func:`deepinv.test`.
+
+    Results are always finite, but a ``UserWarning`` says when one is not to be trusted: ``y``
+    has very few entries for the image size (:math:`m/n < 0.02`); a sample's objective did not
+    decrease from its start (e.g. a huge ``gamma`` or ``lr``); the steps taken were on average
+    16 or more times shorter than ``lr`` (``lr`` far too large); more than 10% of the trial
+    points were non-finite; or :math:`G(z)` left :math:`[0, 1]` by more than 1 before clamping
+    (``y`` off-scale, e.g. not divided by 255). Well-posed problems at the defaults give none.
 
     :param Glow glow: a trained (ActNorm-initialised) Glow.
     :param float | str gamma: regularisation weight, or ``"auto"``.
@@ -171,11 +192,12 @@ class GlowReconstructor(Reconstructor):
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}.")
         if line_search not in ("armijo", "guard"):
             raise ValueError(f"line_search must be 'armijo' or 'guard', got {line_search!r}.")
-        for name, value in (("restarts", restarts), ("memory", memory)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}.")
-        if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 1):
-            raise ValueError(f"max_iter must be a positive int, got {max_iter!r}.")
+        check_positive_int(restarts, name="restarts")
+        check_positive_int(memory, name="memory")
+        if max_iter is not None:
+            check_positive_int(max_iter, name="max_iter")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}.")
         self.glow = glow
         self.gamma = gamma
         self.regularizer = regularizer
@@ -202,7 +224,10 @@ class GlowReconstructor(Reconstructor):
         grid = (
             (100, 30, 10, 3, 1, 0.3, 0.1, 0.03, 0.01, 0.001) if gamma_grid is None else gamma_grid
         )
-        self.gamma_grid = sorted((float(g) for g in grid), reverse=True)
+        try:
+            self.gamma_grid = sorted((float(g) for g in grid), reverse=True)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"gamma_grid must be a sequence of numbers, got {grid!r}.") from err
         if not self.gamma_grid or any(not (math.isfinite(g) and g >= 0) for g in self.gamma_grid):
             raise ValueError(f"gamma_grid must hold finite numbers >= 0, got {gamma_grid!r}.")
         self.seed = seed
@@ -253,6 +278,7 @@ class GlowReconstructor(Reconstructor):
         The result is also kept as ``self.last_solution``.
         """
         self._check_inputs(y, physics)
+        self._warn_if_few_measurements(y)
         needed_grad = [p.requires_grad for p in self.glow.parameters()]
         self.glow.requires_grad_(False)  # gradients w.r.t. z only: cheaper, weights untouched
         try:
@@ -272,10 +298,7 @@ class GlowReconstructor(Reconstructor):
             raise ValueError(f"y must be a non-empty batch (B, ...), got shape {tuple(y.shape)}.")
         if not callable(getattr(physics, "A", None)):
             raise TypeError(f"physics must be a deepinv Physics with an A method, got {physics!r}.")
-        if y.device != self.glow.device:
-            raise ValueError(
-                f"y is on {y.device} but the Glow is on {self.glow.device}; move them together."
-            )
+        check_dtype_device(y, name="y", dtype=self.glow.dtype, device=self.glow.device)
         if isinstance(physics, torch.nn.Module):
             for tensor in list(physics.parameters()) + list(physics.buffers()):
                 if tensor.device != self.glow.device:
@@ -295,10 +318,23 @@ class GlowReconstructor(Reconstructor):
                 "Build the physics for that image size."
             ) from err
         if tuple(measured.shape[1:]) != tuple(y.shape[1:]):
+            expected = ", ".join(str(v) for v in ("B", *measured.shape[1:]))
             raise ValueError(
-                f"y has shape {tuple(y.shape)} but physics.A maps a {self.glow.img_size} image to "
-                f"{tuple(measured.shape[1:])}; the measurements do not match the physics or the "
-                "Glow's image size."
+                f"y has shape {tuple(y.shape)}, but physics.A maps an image of the Glow's size "
+                f"{self.glow.img_size} to measurements of shape ({expected}); the measurements "
+                "do not match the physics or the Glow's image size. Build the physics for that "
+                "image size and measure with y = physics(x)."
+            )
+
+    def _warn_if_few_measurements(self, y: torch.Tensor) -> None:
+        m, n = y[0].numel(), self.glow.latent_dim
+        if m < _FEW_MEASUREMENTS * n:
+            warnings.warn(
+                f"y holds m={m} value(s) per image for n={n} pixels (m/n = {m / n:.3g}): the data "
+                "fix at most m directions of the latent, so the reconstruction mostly reflects "
+                "the prior and the initialisation. Take more measurements, or read x_hat as a "
+                "prior guess.",
+                stacklevel=3,
             )
 
     def _regularization(self, z: torch.Tensor, logdet: torch.Tensor | None) -> torch.Tensor:
@@ -380,10 +416,15 @@ class GlowReconstructor(Reconstructor):
             return self._solve_discrepancy(y, physics)
         gamma = torch.full((y.shape[0],), float(self.gamma), device=y.device, dtype=y.dtype)
         best: GlowSolution | None = None
+        stuck = torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
         for restart in range(self.restarts):
             z0 = self._initial_latent(y, physics, restart)
             solution = self._solve_fixed_gamma(y, physics, gamma, z0)
+            start = solution.history[0]
+            no_decrease = start - solution.objective <= _NO_PROGRESS_RTOL * start.abs()
+            stuck &= no_decrease & (start > 0)  # a start with objective 0 is already optimal
             best = solution if best is None else _keep_better(best, solution)
+        self._diagnose(best, stuck)
         return best
 
     def _solve_fixed_gamma(
@@ -412,6 +453,7 @@ class GlowReconstructor(Reconstructor):
             history=result.history,
             evaluations=result.evaluations,
             rejected_steps=result.rejected_steps,
+            step_shrink=result.step_shrink,
         )
 
     def _solve_discrepancy(self, y: torch.Tensor, physics) -> GlowSolution:
@@ -443,7 +485,63 @@ class GlowReconstructor(Reconstructor):
             )
         solution.iterations = total_iterations
         solution.evaluations = evaluations
+        self._diagnose(solution, None)
         return solution
+
+    def _diagnose(self, solution: GlowSolution, stuck: torch.Tensor | None) -> None:
+        """Warn about finite results that should not be trusted (see the class docstring)."""
+        batch = solution.z.shape[0]
+        if stuck is not None and bool(stuck.any()):
+            default_lr = _DEFAULTS[self.optimizer]["lr"]
+            if self.lr > default_lr:
+                cause = f"lr={self.lr:.3g} is probably far too large (default {default_lr:g})"
+            elif self.gamma > 0:
+                cause = (
+                    f"gamma={self.gamma:.3g} probably outweighs the data term (try a smaller "
+                    "gamma or gamma='auto')"
+                )
+            else:
+                cause = "the start is a stationary point; try init='random' or restarts"
+            warnings.warn(
+                f"The objective did not decrease from its starting value for {int(stuck.sum())} "
+                f"of {batch} sample(s), so their reconstruction is the start G(z0) whatever y "
+                f"is: {cause}.",
+                stacklevel=4,
+            )
+        moving = ~stuck if stuck is not None else torch.ones_like(solution.iterations, dtype=bool)
+        halvings = 0.0
+        if solution.step_shrink is not None and bool(moving.any()):
+            halvings = float(solution.step_shrink[moving].sum()) / max(
+                int(solution.iterations[moving].sum()), 1
+            )
+        trials = max(solution.evaluations * batch, 1)
+        rejected = solution.rejected_steps
+        if rejected > _MANY_REJECTED * trials:
+            warnings.warn(
+                f"{rejected} of {trials} trial points ({rejected / trials:.0%}) gave a non-finite "
+                "objective (G(z) overflowed, or left the domain of physics.A) and were rejected; "
+                "the result is finite, but the solver wasted those evaluations. Lower lr or "
+                "max_step, or make physics.A finite for every image.",
+                stacklevel=4,
+            )
+        elif halvings >= _MANY_HALVINGS:
+            warnings.warn(
+                f"The solver's steps were on average {2**halvings:.3g} times shorter than "
+                f"lr={self.lr:.3g} (cut by the line search or max_step, costing "
+                f"{solution.evaluations} evaluations): lr is far too large for this problem "
+                f"(default {_DEFAULTS[self.optimizer]['lr']:g}).",
+                stacklevel=4,
+            )
+        with torch.no_grad():
+            x, _ = self.glow._decode(solution.z)
+        low, high = float(x.min()), float(x.max())
+        if low < -_RANGE_MARGIN or high > 1 + _RANGE_MARGIN:
+            warnings.warn(
+                f"Before clamping to [0, 1], the reconstruction G(z) reaches values in "
+                f"[{low:.3g}, {high:.3g}]: y is not consistent with images in [0, 1] under this "
+                "physics. Check the scale of y (e.g. divide 8-bit data by 255) and the physics.",
+                stacklevel=4,
+            )
 
 
 def _keep_better(current: GlowSolution, candidate: GlowSolution) -> GlowSolution:
@@ -464,4 +562,9 @@ def _take(current: GlowSolution, candidate: GlowSolution, mask: torch.Tensor) ->
         history=candidate.history,
         evaluations=current.evaluations + candidate.evaluations,
         rejected_steps=current.rejected_steps + candidate.rejected_steps,
+        step_shrink=_add(current.step_shrink, candidate.step_shrink),
     )
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return None if a is None or b is None else a + b

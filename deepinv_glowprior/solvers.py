@@ -25,7 +25,7 @@ _EXPLOSION_FACTOR = 10.0
 
 @dataclass
 class SolverResult:
-    """What a batched solver returns.
+    r"""What a batched solver returns.
 
     :param torch.Tensor z: best latents found, ``(B, n)``.
     :param torch.Tensor objective: their objective values, ``(B,)``.
@@ -34,6 +34,10 @@ class SolverResult:
     :param list history: objective values ``(B,)`` after each iteration.
     :param int evaluations: batched objective-and-gradient evaluations.
     :param int rejected_steps: trial steps rejected because the objective was not finite.
+    :param torch.Tensor step_shrink: per sample ``(B,)``, how much shorter than ``lr`` the steps
+        taken were, in halvings (:math:`\log_2` of the ratio) summed over iterations: the
+        ``max_step`` cap and line-search halvings of L-BFGS (a failed line search counts in
+        full), the learning-rate halvings of Adam. Many per iteration mean ``lr`` is too large.
     """
 
     z: torch.Tensor
@@ -43,6 +47,7 @@ class SolverResult:
     history: list[torch.Tensor] = field(default_factory=list)
     evaluations: int = 0
     rejected_steps: int = 0
+    step_shrink: torch.Tensor | None = None
 
 
 class _Evaluator:
@@ -167,6 +172,7 @@ def batched_lbfgs(
     converged = torch.zeros(batch, dtype=torch.bool, device=z.device)
     failures = torch.zeros(batch, dtype=torch.long, device=z.device)
     iterations = torch.zeros(batch, dtype=torch.long, device=z.device)
+    step_shrink = torch.zeros_like(f)
     history = [f.clone()]
     best_z, best_f = z.clone(), f.clone()
     bar = _progress_bar(max_iter, progress, "L-BFGS")
@@ -180,6 +186,7 @@ def batched_lbfgs(
         t = torch.full_like(f, lr)
         first_order = ~has_pairs | not_descent
         t = torch.where(first_order, lr * torch.clamp(1.0 / g.abs().sum(dim=1), max=1.0), t)
+        nominal = t.clone()
         if max_step is not None:
             t = torch.minimum(t, max_step / direction.norm(dim=1).clamp_min(1e-30))
 
@@ -203,6 +210,7 @@ def batched_lbfgs(
             if not bool(pending.any()):
                 break
         moved = active & ~pending
+        step_shrink += torch.where(active, torch.log2(nominal / t), 0.0)
         failures = torch.where(moved, 0, failures + (active & pending).long())
 
         s = z_next - z
@@ -246,6 +254,7 @@ def batched_lbfgs(
         history=history,
         evaluations=evaluate.count,
         rejected_steps=evaluate.non_finite,
+        step_shrink=step_shrink,
     )
 
 
@@ -291,6 +300,7 @@ def batched_adam(
     stale = torch.zeros(batch, dtype=torch.long, device=z.device)
     active = torch.ones(batch, dtype=torch.bool, device=z.device)
     iterations = torch.zeros(batch, dtype=torch.long, device=z.device)
+    step_shrink = torch.zeros_like(f)
     history = [f.clone()]
     bar = _progress_bar(max_iter, progress, "Adam")
     for iteration in range(1, max_iter + 1):
@@ -307,6 +317,7 @@ def batched_adam(
         f_trial, g_trial = evaluate(trial)
         finite = torch.isfinite(f_trial)
         step_size = torch.where(active & ~finite, 0.5 * step_size, step_size)
+        step_shrink += torch.where(active, torch.log2(lr / step_size), 0.0)
         keep = active & finite
         z = torch.where(keep[:, None], trial, z)
         f = torch.where(keep, f_trial, f)
@@ -331,4 +342,5 @@ def batched_adam(
         history=history,
         evaluations=evaluate.count,
         rejected_steps=evaluate.non_finite,
+        step_shrink=step_shrink,
     )

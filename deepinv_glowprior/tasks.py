@@ -7,7 +7,26 @@ import math
 import deepinv as dinv
 import torch
 
+from deepinv_glowprior._checks import check_device, check_nonnegative_number
+
 __all__ = ["centre_hole_mask", "compressed_sensing", "denoising", "inpainting", "make_physics"]
+
+
+_PARAMETERS = {
+    "cs": ("ratio", "noise_norm"),
+    "denoising": ("sigma",),
+    "inpainting": ("side_fraction", "sigma"),
+}
+_REQUIRED = {"cs": ("ratio",), "denoising": ("sigma",), "inpainting": ()}
+
+
+def _check_img_size(img_size: object) -> tuple[int, int, int]:
+    size = tuple(img_size) if isinstance(img_size, (tuple, list, torch.Size)) else ()
+    if len(size) != 3 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size
+    ):
+        raise ValueError(f"img_size must be three positive ints (C, H, W), got {img_size!r}.")
+    return size
 
 
 def compressed_sensing(
@@ -27,10 +46,12 @@ def compressed_sensing(
     :param float noise_norm: expected noise norm.
     :param int seed: seed of the matrix (deepinv draws the same matrix for every ``rng=None``).
     """
+    img_size = _check_img_size(img_size)
+    ratio = check_nonnegative_number(ratio, name="ratio m/n")
     if not (0 < ratio <= 1):
         raise ValueError(f"ratio m/n must be in (0, 1], got {ratio}.")
-    if not (math.isfinite(noise_norm) and noise_norm >= 0):
-        raise ValueError(f"noise_norm must be finite and >= 0, got {noise_norm}.")
+    noise_norm = check_nonnegative_number(noise_norm, name="noise_norm")
+    check_device(device)
     m = max(1, round(ratio * math.prod(img_size)))
     return dinv.physics.CompressedSensing(
         m=m,
@@ -43,16 +64,17 @@ def compressed_sensing(
 
 def denoising(sigma: float, device: str | torch.device = "cpu") -> dinv.physics.Denoising:
     r""":math:`y = x + \sigma\varepsilon`."""
-    if not (math.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"sigma must be finite and >= 0, got {sigma}.")
+    sigma = check_nonnegative_number(sigma, name="sigma")
+    check_device(device)
     return dinv.physics.Denoising(dinv.physics.GaussianNoise(sigma=sigma), device=device)
 
 
 def centre_hole_mask(img_size: tuple[int, int, int], side_fraction: float = 0.3) -> torch.Tensor:
     """Mask ``(C, H, W)`` of ones with a centred square of zeros, ``side_fraction`` of the side."""
+    side_fraction = check_nonnegative_number(side_fraction, name="side_fraction")
     if not (0 < side_fraction < 1):
         raise ValueError(f"side_fraction must be in (0, 1), got {side_fraction}.")
-    channels, height, width = img_size
+    channels, height, width = _check_img_size(img_size)
     mask = torch.ones(channels, height, width)
     hole_h, hole_w = round(side_fraction * height), round(side_fraction * width)
     top, left = (height - hole_h) // 2, (width - hole_w) // 2
@@ -67,6 +89,9 @@ def inpainting(
     device: str | torch.device = "cpu",
 ) -> dinv.physics.Inpainting:
     """Centre-hole inpainting (a square of ``side_fraction`` of the side is missing)."""
+    img_size = _check_img_size(img_size)
+    sigma = check_nonnegative_number(sigma, name="sigma")
+    check_device(device)
     return dinv.physics.Inpainting(
         img_size=tuple(img_size),
         mask=centre_hole_mask(img_size, side_fraction).to(device),
@@ -80,6 +105,15 @@ def make_physics(
 ) -> dinv.physics.Physics:
     """``task`` in ``"cs"`` (``ratio``, ``noise_norm``), ``"denoising"`` (``sigma``),
     ``"inpainting"`` (``side_fraction``, ``sigma``)."""
+    if task not in _PARAMETERS:
+        raise ValueError(f"task must be 'cs', 'denoising' or 'inpainting', got {task!r}.")
+    unknown = sorted(set(kwargs) - set(_PARAMETERS[task]))
+    missing = [name for name in _REQUIRED[task] if name not in kwargs]
+    if unknown or missing:
+        problem = f"got unknown {unknown}" if unknown else f"needs {missing}"
+        raise TypeError(
+            f"make_physics({task!r}, ...) takes {', '.join(_PARAMETERS[task])} and {problem}."
+        )
     if task == "cs":
         return compressed_sensing(img_size, seed=seed, device=device, **kwargs)
     if task == "denoising":

@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from deepinv_glowprior.glow import Glow, atomic_torch_save
+from deepinv_glowprior._checks import check_image_batch
+from deepinv_glowprior.glow import CheckpointError, Glow, _load_checkpoint_file, atomic_torch_save
 
 __all__ = ["TrainConfig", "batch_indices", "evaluate_bits_per_dim", "fit", "save_sample_grid"]
 
@@ -95,6 +97,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'adam' or 'adamax', got {self.optimizer!r}.")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
+        if not isinstance(self.progress, bool):
+            raise TypeError(f"progress must be True or False, got {self.progress!r}.")
 
 
 def batch_indices(
@@ -163,8 +167,17 @@ def save_sample_grid(
     generator = torch.Generator(device=glow.device).manual_seed(seed)
     was_training = glow.training
     glow.eval()
-    samples = glow.sample(num, temperature, generator=generator)
-    glow.train(was_training)
+    try:
+        samples = glow.sample(num, temperature, generator=generator)
+    except torch.linalg.LinAlgError as err:  # a diverged 1x1 convolution is singular
+        warnings.warn(
+            f"No sample grid written to {path}: the model cannot decode ({err}); its weights have "
+            "probably diverged (learning rate too large?).",
+            stacklevel=2,
+        )
+        return Path(path)
+    finally:
+        glow.train(was_training)
     path = Path(path)
     save_image(samples.cpu(), path, nrow=int(math.sqrt(num)), padding=1)
     return path
@@ -197,7 +210,7 @@ def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but CUDA is not available; use 'cpu'.")
+        raise ValueError("device='cuda' was asked for but CUDA is not available; use 'cpu'.")
     if name == "cuda" and dist.is_available() and dist.is_initialized():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(name)
@@ -213,10 +226,17 @@ def _make_optimizer(glow: Glow, config: TrainConfig):
     return optimizer, scheduler
 
 
+_START_OVER = "delete it (or pass resume=False, --no-resume) to start over, or use another --out."
+
+
 def _load_training_state(path: Path, glow: Glow, optimizer, scheduler, config: TrainConfig) -> dict:
-    state = torch.load(path, map_location=glow.device, weights_only=True)
-    if state.get("format") != TRAIN_CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a training checkpoint; remove it or use another --out.")
+    state = _load_checkpoint_file(path, glow.device, advice=f"To resume nothing, {_START_OVER}")
+    if not (isinstance(state, dict) and state.get("format") == TRAIN_CHECKPOINT_FORMAT):
+        raise CheckpointError(f"{path} is not a training checkpoint of this package; {_START_OVER}")
+    keys = ("glow", "optimizer", "scheduler", "step", "train_config", "history")
+    missing = [key for key in keys if key not in state]
+    if missing or not isinstance(state["train_config"], dict):
+        raise CheckpointError(f"Training checkpoint {path} lacks {missing}; {_START_OVER}")
     saved = state["train_config"]
     for name, value in asdict(config).items():
         if name not in _RESUMABLE_CHANGES and saved.get(name) != value:
@@ -225,9 +245,34 @@ def _load_training_state(path: Path, glow: Glow, optimizer, scheduler, config: T
                 f"{name}={value!r}. Use the same settings, or another --out for a new run."
             )
     glow.load_weights(path)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"Optimiser state in {path} does not fit ({err}); {_START_OVER}"
+        ) from err
     return state
+
+
+def _check_dataset(dataset: object, name: str, glow: Glow) -> None:
+    """Fail before training, not hours later, on a dataset of the wrong images."""
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise TypeError(
+            f"{name} must be a Dataset or tensor of images (C, H, W), got {type(dataset).__name__}."
+        )
+    if len(dataset) == 0:
+        hint = " (pass None to skip evaluation)" if name == "test_set" else ""
+        raise ValueError(f"{name} is empty{hint}.")
+    item = dataset[0]
+    image = item[0] if isinstance(item, (tuple, list)) else item
+    if not isinstance(image, torch.Tensor) or image.dim() != 3:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(
+            f"{name}[0] must be an image tensor (C, H, W) (or a tuple starting with one), got "
+            f"{shape}."
+        )
+    check_image_batch(image.unsqueeze(0), glow.img_size, name=f"{name}[0]", dtype=glow.dtype)
 
 
 def fit(
@@ -283,9 +328,17 @@ def fit(
     >>> len(history) > 0
     True
     """
-    config = config or TrainConfig()
-    if len(train_set) == 0:
-        raise ValueError("train_set is empty.")
+    if not isinstance(glow, Glow):
+        raise TypeError(f"glow must be a deepinv_glowprior.Glow, got {type(glow).__name__}.")
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise TypeError(
+            f"config must be a TrainConfig, got {type(config).__name__}; write "
+            "TrainConfig(**settings)."
+        )
+    _check_dataset(train_set, "train_set", glow)
+    if test_set is not None:
+        _check_dataset(test_set, "test_set", glow)
     out_dir = Path(out_dir)
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
@@ -316,9 +369,23 @@ def fit(
         device_ids = [device.index] if device.type == "cuda" else None
         loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=device_ids)
 
+    def write_log() -> None:
+        """The history as JSON lines, written atomically."""
+        if rank != 0:
+            return
+        temporary = out_dir / f".{LOG_NAME}.tmp"
+        with open(temporary, "w") as log:
+            log.writelines(json.dumps(entry) + "\n" for entry in history)
+        os.replace(temporary, out_dir / LOG_NAME)
+
+    if start_step:
+        write_log()  # drop log entries a kill left beyond the checkpoint
+
     def save_checkpoint(step: int) -> None:
         if rank != 0:
             return
+        # The log first: whenever a checkpoint exists, the log holds its history.
+        write_log()
         state = {
             "format": TRAIN_CHECKPOINT_FORMAT,
             "glow": glow.checkpoint_payload(meta),
@@ -329,8 +396,6 @@ def fit(
             "history": history,
         }
         atomic_torch_save(state, checkpoint_path)
-        with open(out_dir / LOG_NAME, "w") as log:
-            log.writelines(json.dumps(entry) + "\n" for entry in history)
 
     started = time.monotonic()
     seconds_before = history[-1]["seconds"] if history else 0.0
@@ -344,6 +409,7 @@ def fit(
         dynamic_ncols=True,
     )
     step = start_step
+    skipped = 0
     try:
         while step < config.iterations:
             indices = batch_indices(
@@ -368,6 +434,15 @@ def fit(
             grad_norm = torch.nn.utils.clip_grad_norm_(glow.parameters(), config.grad_clip)
             if torch.isfinite(loss) and torch.isfinite(grad_norm):
                 optimizer.step()
+            else:
+                skipped += 1
+                if skipped == 1:
+                    warnings.warn(
+                        f"Step {step + 1}: the loss or its gradient is not finite, so the update "
+                        f"was skipped (lr={config.lr:g}). If this repeats, the weights have "
+                        "diverged: train again with a lower lr.",
+                        stacklevel=2,
+                    )
             scheduler.step()
             step += 1
             loss_value = float(loss.detach())
@@ -416,6 +491,12 @@ def fit(
         raise
     finally:
         bar.close()
+    if skipped > 1:
+        warnings.warn(
+            f"{skipped} of {step - start_step} steps were skipped because the loss or its gradient "
+            f"was not finite; with lr={config.lr:g} the model has probably diverged.",
+            stacklevel=2,
+        )
     if rank == 0 and step >= config.iterations:
         glow.eval()
         glow.save(out_dir / FINAL_NAME, meta={**(meta or {}), "history": history})

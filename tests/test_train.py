@@ -457,7 +457,7 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
 DDP_STEPS = 6
 
 
-def _bin_centres(self: Glow, x: torch.Tensor, generator=None) -> torch.Tensor:
+def _bin_centres(self: Glow, x: torch.Tensor, generator=None, noise=None) -> torch.Tensor:
     """Dequantisation without noise: makes the loss a pure function of the images."""
     return (self.quantize(x) + 0.5) / 2**self.config.n_bits
 
