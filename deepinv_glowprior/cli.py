@@ -112,6 +112,19 @@ def _add_benchmark_parser(subparsers) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_theorem1_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "theorem1",
+        help="Theorem 1 on a trained Glow: Jacobian spectra, bounds and measured CS error",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", default="mnist32", help="pretrained model name")
+    parser.add_argument("--num-images", type=int, default=4, help="MNIST test images")
+    parser.add_argument("--out", default="outputs/glow_panel.png", help="figure path")
+    parser.add_argument("--max-iter", type=int, default=400, help="solver iterations per m")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the matrices")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``glowprior``."""
     parser = argparse.ArgumentParser(
@@ -122,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_parser(subparsers)
     _add_export_parser(subparsers)
     _add_benchmark_parser(subparsers)
+    _add_theorem1_parser(subparsers)
     return parser
 
 
@@ -295,6 +309,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(args)
         if args.command == "benchmark":
             return _benchmark(args)
+        if args.command == "theorem1":
+            from deepinv_glowprior.theory_glow import main_glow_panel
+
+            if args.num_images < 1 or args.max_iter < 1:
+                raise UserError("--num-images and --max-iter must be >= 1.")
+            main_glow_panel(
+                args.model, args.num_images, out=args.out, max_iter=args.max_iter, seed=args.seed
+            )
+            return 0
     except (UserError, ValueError, TypeError, KeyError, OSError) as err:
         # str(KeyError) quotes its message; a multi-line message would read as a traceback
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
