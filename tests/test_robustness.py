@@ -28,6 +28,7 @@ from pathlib import Path
 import deepinv as dinv
 import pytest
 import torch
+from helpers import smooth_images
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -72,15 +73,7 @@ def _seeded_and_quiet():
 # -- the shared context ---------------------------------------------------------------------------
 def blob_images(n: int, seed: int = 0) -> torch.Tensor:
     """Two Gaussian blobs per 8x8 image plus a little noise, in [0, 1]."""
-    generator = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
-    centre_y = 1.5 + 5 * torch.rand(n, 2, 1, 1, generator=generator)
-    centre_x = 1.5 + 5 * torch.rand(n, 2, 1, 1, generator=generator)
-    width = 1.0 + torch.rand(n, 2, 1, 1, generator=generator)
-    height = 0.4 + 0.5 * torch.rand(n, 2, 1, 1, generator=generator)
-    blobs = height * torch.exp(-((yy - centre_y) ** 2 + (xx - centre_x) ** 2) / (2 * width**2))
-    images = 0.1 + 0.8 * blobs.sum(dim=1, keepdim=True)
-    return (images + 0.03 * torch.randn(n, 1, 8, 8, generator=generator)).clamp(0, 1)
+    return smooth_images(n, seed)
 
 
 def train_tiny_glow(steps: int = 80) -> Glow:
