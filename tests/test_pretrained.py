@@ -143,3 +143,22 @@ def test_deepinv_test_loop_runs_unchanged(glow, digits):
         show_progress_bar=False,
     )
     assert metrics["PSNR"] > 20.0 and 0 < metrics["SSIM"] <= 1
+
+
+@pytest.mark.slow
+def test_samples_are_independent_of_their_batch(glow, digits):
+    """The issue's criterion, on the hardest case: gamma = 0 at m/n = 0.5, where the optimiser's
+    path alone decides which of many zero-residual latents it returns."""
+    torch.manual_seed(0)
+    x = digits[:8]
+    physics = make_physics("cs", glow.img_size, ratio=0.5, seed=5)
+    y = physics(x)
+    model = GlowReconstructor(glow, gamma=0.0, max_iter=150)
+    together = model(y, physics)
+    for i in (0, 3, 7):
+        alone = model(y[i : i + 1], physics)
+        assert float((alone[0] - together[i]).abs().max()) <= 1e-3
+        gap = float(psnr(alone, x[i : i + 1])[0]) - float(
+            psnr(together[i : i + 1], x[i : i + 1])[0]
+        )
+        assert abs(gap) <= 0.05

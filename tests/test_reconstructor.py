@@ -165,6 +165,47 @@ def test_batch_independence(glow, physics_name):
         assert abs(float(psnr(alone.x, x[i : i + 1])[0]) - float(psnr_together[i])) <= 0.05
 
 
+@pytest.mark.parametrize("name", list(all_physics()))
+def test_batch_invariance_is_exact_on_underdetermined_problems(glow, name):
+    """gamma = 0 with m < n has a whole manifold of solutions, so the optimiser's path decides
+    which one it returns; float32 batched kernels would steer that path by the batch size."""
+    physics = all_physics()[name]
+    x = in_distribution(glow, 8, seed=6)
+    y = physics(x)
+    model = GlowReconstructor(glow, gamma=0.0, max_iter=60)
+    together = model.solve(y, physics)
+    for i in (0, 5):
+        alone = model.solve(y[i : i + 1], physics)
+        torch.testing.assert_close(alone.x[0], together.x[i], atol=0, rtol=0)
+        assert int(alone.iterations[0]) == int(together.iterations[i])
+
+
+def test_batch_invariance_with_per_sample_physics_parameters(glow):
+    """A mask per sample (B, C, H, W) cannot be applied one sample at a time: the batched A is
+    used, and each sample still gets its own mask."""
+    masks = (torch.rand(4, *IMG, generator=torch.Generator().manual_seed(7)) > 0.5).float()
+    physics = dinv.physics.Inpainting(img_size=IMG, mask=masks)
+    x = in_distribution(glow, 4, seed=7)
+    y = physics(x)
+    solution = GlowReconstructor(glow, gamma=0.01, max_iter=40).solve(y, physics)
+    assert bool(torch.isfinite(solution.x).all())
+    with torch.no_grad():
+        expected = (physics.A(solution.x) - y).pow(2).flatten(1).sum(1)
+    torch.testing.assert_close(solution.residual, expected, atol=1e-4, rtol=1e-3)
+
+
+def test_batch_invariant_must_be_a_bool(glow):
+    with pytest.raises(TypeError, match="batch_invariant"):
+        GlowReconstructor(glow, batch_invariant="yes")
+
+
+def test_kernels_flags_restored_after_solve(glow):
+    physics = denoising(0.1)
+    before = torch.backends.mkldnn.enabled
+    GlowReconstructor(glow, gamma=0.01, max_iter=5)(physics(in_distribution(glow, 2, 8)), physics)
+    assert torch.backends.mkldnn.enabled == before
+
+
 def test_batch_independence_of_random_restarts(glow64):
     """Random starts do not depend on the sample's position in the batch (float64: exact)."""
     physics = compressed_sensing(24, 0.02)
