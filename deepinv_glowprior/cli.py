@@ -54,6 +54,13 @@ def _add_train_parser(subparsers) -> None:
     run.add_argument("--batch-size", type=int, default=64, help="global batch size")
     run.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     run.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
+    run.add_argument(
+        "--decay-start",
+        type=int,
+        default=0,
+        help="step from which lr follows a cosine down to 0 at --iterations (0: constant lr); "
+        "may be added when resuming a finished run for more iterations",
+    )
     run.add_argument("--optimizer", choices=("adam", "adamax"), default="adam", help="optimiser")
     run.add_argument("--grad-clip", type=float, default=50.0, help="max gradient norm")
     run.add_argument("--seed", type=int, default=0, help="seed of init, data order and noise")
@@ -194,6 +201,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             batch_size=args.batch_size,
             lr=args.lr,
             warmup=args.warmup,
+            decay_start=args.decay_start,
             optimizer=args.optimizer,
             grad_clip=args.grad_clip,
             eval_every=args.eval_every,

@@ -578,8 +578,10 @@ class GlowReconstructor(Reconstructor):
         if low < -_RANGE_MARGIN or high > 1 + _RANGE_MARGIN:
             warnings.warn(
                 f"Before clamping to [0, 1], the reconstruction G(z) reaches values in "
-                f"[{low:.3g}, {high:.3g}]: y is not consistent with images in [0, 1] under this "
-                "physics. Check the scale of y (e.g. divide 8-bit data by 255) and the physics.",
+                f"[{low:.3g}, {high:.3g}]: no image in [0, 1] that the Glow likes fits y. Check "
+                "the scale of y (e.g. divide 8-bit data by 255) and the physics; if both are "
+                "right, the images are far from the Glow's training data (or the solve stopped "
+                "early: see last_solution.iterations) and x_hat is its best in-range guess.",
                 stacklevel=4,
             )
 

@@ -22,7 +22,14 @@ from tqdm.auto import tqdm
 from deepinv_glowprior._checks import check_image_batch
 from deepinv_glowprior.glow import CheckpointError, Glow, _load_checkpoint_file, atomic_torch_save
 
-__all__ = ["TrainConfig", "batch_indices", "evaluate_bits_per_dim", "fit", "save_sample_grid"]
+__all__ = [
+    "TrainConfig",
+    "learning_rate_factor",
+    "batch_indices",
+    "evaluate_bits_per_dim",
+    "fit",
+    "save_sample_grid",
+]
 
 TRAIN_CHECKPOINT_FORMAT = "deepinv-glowprior/train-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -48,6 +55,9 @@ class TrainConfig:
     :param int batch_size: images per step, summed over processes.
     :param float lr: peak learning rate, reached linearly after ``warmup`` steps.
     :param int warmup: warm-up steps.
+    :param int decay_start: step from which the learning rate follows a cosine from ``lr`` down
+        to 0 at ``iterations`` (0: constant after warm-up). It may be set when a finished run is
+        resumed for more iterations, as long as it is not before the checkpoint's step.
     :param str optimizer: ``"adam"`` or ``"adamax"``.
     :param float grad_clip: maximum gradient norm.
     :param int eval_every: steps between test bits/dim evaluations (0: only at the end).
@@ -65,6 +75,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 200
+    decay_start: int = 0
     optimizer: str = "adam"
     grad_clip: float = 50.0
     eval_every: int = 500
@@ -83,7 +94,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
-        for name in ("warmup", "eval_every", "sample_every", "seed"):
+        for name in ("warmup", "decay_start", "eval_every", "sample_every", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
@@ -91,6 +102,11 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+        if self.decay_start >= self.iterations:
+            raise ValueError(
+                f"decay_start ({self.decay_start}) must be below iterations ({self.iterations}); "
+                "0 keeps the learning rate constant."
+            )
         if self.lr <= 0 or self.grad_clip <= 0:
             raise ValueError("lr and grad_clip must be > 0.")
         if self.optimizer not in ("adam", "adamax"):
@@ -219,11 +235,28 @@ def _resolve_device(name: str) -> torch.device:
 def _make_optimizer(glow: Glow, config: TrainConfig):
     kind = torch.optim.Adam if config.optimizer == "adam" else torch.optim.Adamax
     optimizer = kind(glow.parameters(), lr=config.lr)
-    warmup = max(config.warmup, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup)
+        optimizer, lambda step: learning_rate_factor(step, config)
     )
     return optimizer, scheduler
+
+
+def learning_rate_factor(step: int, config: TrainConfig) -> float:
+    r"""Learning rate of optimiser step ``step`` (from 0) as a fraction of ``config.lr``.
+
+    Linear warm-up :math:`(s + 1)/w` for ``warmup`` steps, then 1 until ``decay_start`` (when
+    it is > 0), then :math:`\tfrac12(1 + \cos(\pi (s - s_0) / (S - s_0)))` down to 0 at
+    ``iterations`` :math:`S`.
+
+    >>> config = TrainConfig(iterations=100, warmup=10, decay_start=50)
+    >>> [round(learning_rate_factor(s, config), 3) for s in (0, 9, 50, 75, 100)]
+    [0.1, 1.0, 1.0, 0.5, 0.0]
+    """
+    factor = min(1.0, (step + 1) / max(config.warmup, 1))
+    if 0 < config.decay_start <= step:
+        progress = min(1.0, (step - config.decay_start) / (config.iterations - config.decay_start))
+        factor *= 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
 
 
 _START_OVER = "delete it (or pass resume=False, --no-resume) to start over, or use another --out."
@@ -238,8 +271,17 @@ def _load_training_state(path: Path, glow: Glow, optimizer, scheduler, config: T
     if missing or not isinstance(state["train_config"], dict):
         raise CheckpointError(f"Training checkpoint {path} lacks {missing}; {_START_OVER}")
     saved = state["train_config"]
+    defaults = asdict(TrainConfig())  # checkpoints older than a setting ran at its default
     for name, value in asdict(config).items():
-        if name not in _RESUMABLE_CHANGES and saved.get(name) != value:
+        if name == "decay_start" and value != saved.get(name, defaults[name]):
+            if 0 < value < int(state["step"]):
+                raise ValueError(
+                    f"Cannot resume from {path} at step {state['step']} with decay_start={value}: "
+                    "the decay would have started in the past. Use a decay_start at or after "
+                    f"step {state['step']}."
+                )
+            continue
+        if name not in _RESUMABLE_CHANGES and saved.get(name, defaults[name]) != value:
             raise ValueError(
                 f"Cannot resume from {path}: it was trained with {name}={saved.get(name)!r}, now "
                 f"{name}={value!r}. Use the same settings, or another --out for a new run."

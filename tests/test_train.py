@@ -28,6 +28,7 @@ from deepinv_glowprior.train import (
     batch_indices,
     evaluate_bits_per_dim,
     fit,
+    learning_rate_factor,
     save_sample_grid,
 )
 
@@ -172,6 +173,51 @@ def test_resume_to_more_iterations_equals_one_long_run(tmp_path, reference_run):
     assert [entry["step"] for entry in longer] == [4, 8, 12]
     assert longer[-1]["train_bpd"] == pytest.approx(history[-1]["train_bpd"], abs=1e-6)
     _assert_same_weights(glow.state_dict(), weights)
+
+
+def test_learning_rate_schedule_warmup_then_cosine_decay():
+    config = TrainConfig(iterations=100, warmup=10, decay_start=60)
+    factors = [learning_rate_factor(step, config) for step in range(101)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0
+    assert all(f == 1.0 for f in factors[9:61])
+    assert factors[80] == pytest.approx(0.5) and factors[100] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(factors[60:], factors[61:], strict=False))
+    constant = TrainConfig(iterations=100, warmup=10)
+    assert learning_rate_factor(99, constant) == 1.0
+
+
+def test_decay_added_when_resuming_equals_one_run_with_that_decay(tmp_path):
+    """A finished constant-lr run, resumed with a decay from its last step, ends where one run
+    with that schedule from the start ends."""
+    one_run = _tiny_glow()
+    fit(one_run, _images(), None, tmp_path / "one", _config(iterations=12, decay_start=8))
+    fit(_tiny_glow(), _images(), None, tmp_path / "two", _config(iterations=8))
+    resumed = _tiny_glow()
+    fit(resumed, _images(), None, tmp_path / "two", _config(iterations=12, decay_start=8))
+    _assert_same_weights(resumed.state_dict(), one_run.state_dict())
+    assert _max_difference(resumed.state_dict(), _tiny_glow().state_dict()) > 0
+
+
+def test_decay_starting_before_the_checkpoint_is_refused(tmp_path):
+    fit(_tiny_glow(), _images(), None, tmp_path, _config(iterations=8))
+    with pytest.raises(ValueError, match="decay_start=4.*at or after step 8"):
+        fit(_tiny_glow(), _images(), None, tmp_path, _config(iterations=12, decay_start=4))
+
+
+def test_checkpoint_without_a_newer_setting_resumes_at_its_default(tmp_path):
+    fit(_tiny_glow(), _images(), None, tmp_path, _config(iterations=4))
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    del state["train_config"]["decay_start"]  # as written before decay_start existed
+    torch.save(state, path)
+    history = fit(_tiny_glow(), _images(), None, tmp_path, _config(iterations=8))
+    assert [entry["step"] for entry in history] == [4, 8]
+
+
+@pytest.mark.parametrize("decay_start", [-1, 12, 20])
+def test_decay_start_out_of_range_is_refused(decay_start):
+    with pytest.raises(ValueError, match="decay_start"):
+        TrainConfig(iterations=12, decay_start=decay_start)
 
 
 @pytest.mark.parametrize(
