@@ -49,6 +49,8 @@ class GlowSolution:
     :param torch.Tensor iterations: solver iterations per sample (all restarts and grid points).
     :param list history: objective ``(B,)`` after each iteration of the last solve.
     :param int evaluations: batched Glow forward+backward evaluations.
+    :param int sample_evaluations: Glow forward+backward evaluations of single images (the
+        solver evaluates only the samples that still need it).
     :param int rejected_steps: trial steps rejected for a non-finite objective.
     :param torch.Tensor step_shrink: per sample ``(B,)``, how much shorter than ``lr`` the
         solver's steps were, in halvings summed over iterations (all restarts and grid points).
@@ -64,6 +66,7 @@ class GlowSolution:
     evaluations: int = 0
     rejected_steps: int = 0
     step_shrink: torch.Tensor | None = None
+    sample_evaluations: int = 0
 
 
 def noise_sigma(physics) -> float:
@@ -245,6 +248,7 @@ class GlowReconstructor(Reconstructor):
         self.batch_invariant = batch_invariant
         self.progress = progress
         self.last_solution: GlowSolution | None = None
+        self._row_subsets = False
 
     @classmethod
     def from_preset(
@@ -289,7 +293,9 @@ class GlowReconstructor(Reconstructor):
 
         The result is also kept as ``self.last_solution``.
         """
-        self._check_inputs(y, physics)
+        # Row subsets of the batch can be evaluated alone unless the physics holds per-sample
+        # parameters (B, ...), which a subset of the samples would not match.
+        self._row_subsets = self._check_inputs(y, physics)
         self._warn_if_few_measurements(y)
         needed_grad = [p.requires_grad for p in self.glow.parameters()]
         self.glow.requires_grad_(False)  # gradients w.r.t. z only: cheaper, weights untouched
@@ -303,7 +309,8 @@ class GlowReconstructor(Reconstructor):
         return solution
 
     # -- internals ----------------------------------------------------------------------------
-    def _check_inputs(self, y: torch.Tensor, physics) -> None:
+    def _check_inputs(self, y: torch.Tensor, physics) -> bool:
+        """Validate ``y`` and ``physics``; return whether ``physics.A`` maps one image to one."""
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}.")
         if y.dim() < 2 or y.shape[0] == 0:
@@ -337,6 +344,7 @@ class GlowReconstructor(Reconstructor):
                 "do not match the physics or the Glow's image size. Build the physics for that "
                 "image size and measure with y = physics(x)."
             )
+        return measured.shape[0] == 1
 
     def _warn_if_few_measurements(self, y: torch.Tensor) -> None:
         m, n = y[0].numel(), self.glow.latent_dim
@@ -399,6 +407,7 @@ class GlowReconstructor(Reconstructor):
                 max_iter=self.max_iter,
                 lr=self.lr,
                 tol=self.tol,
+                row_subsets=self._row_subsets,
                 progress=self.progress,
             )
         return batched_lbfgs(
@@ -410,6 +419,7 @@ class GlowReconstructor(Reconstructor):
             tol=self.tol,
             line_search=self.line_search,
             max_step=self.max_step,
+            row_subsets=self._row_subsets,
             progress=self.progress,
         )
 
@@ -470,9 +480,10 @@ class GlowReconstructor(Reconstructor):
     def _solve_fixed_gamma(
         self, y: torch.Tensor, physics, gamma: torch.Tensor, z0: torch.Tensor
     ) -> GlowSolution:
-        def objective(z: torch.Tensor) -> torch.Tensor:
-            residual, regularization = self._terms(z, y, physics)
-            return residual + gamma * regularization
+        def objective(z: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+            rows = slice(None) if rows is None else rows
+            residual, regularization = self._terms(z, y[rows], physics)
+            return residual + gamma[rows] * regularization
 
         result = self._run_solver(objective, z0)
         with torch.no_grad():
@@ -492,6 +503,7 @@ class GlowReconstructor(Reconstructor):
             iterations=result.iterations,
             history=result.history,
             evaluations=result.evaluations,
+            sample_evaluations=result.sample_evaluations,
             rejected_steps=result.rejected_steps,
             step_shrink=result.step_shrink,
         )
@@ -505,12 +517,13 @@ class GlowReconstructor(Reconstructor):
         z = self._initial_latent(y, physics, 0)
         solution = None
         total_iterations = torch.zeros(batch, dtype=torch.long, device=y.device)
-        evaluations = 0
+        evaluations = sample_evaluations = 0
         for grid_value in self.gamma_grid:
             gamma = torch.where(decided, gamma, grid_value * sigma**2)
             candidate = self._solve_fixed_gamma(y, physics, gamma, z)
             total_iterations += candidate.iterations
             evaluations += candidate.evaluations
+            sample_evaluations += candidate.sample_evaluations
             # Decided samples keep their solution: re-solving them would tie them to the batch.
             solution = candidate if solution is None else _take(solution, candidate, ~decided)
             z = solution.z
@@ -525,6 +538,7 @@ class GlowReconstructor(Reconstructor):
             )
         solution.iterations = total_iterations
         solution.evaluations = evaluations
+        solution.sample_evaluations = sample_evaluations
         self._diagnose(solution, None)
         return solution
 
@@ -603,6 +617,7 @@ def _take(current: GlowSolution, candidate: GlowSolution, mask: torch.Tensor) ->
         iterations=current.iterations + candidate.iterations,
         history=candidate.history,
         evaluations=current.evaluations + candidate.evaluations,
+        sample_evaluations=current.sample_evaluations + candidate.sample_evaluations,
         rejected_steps=current.rejected_steps + candidate.rejected_steps,
         step_shrink=_add(current.step_shrink, candidate.step_shrink),
     )

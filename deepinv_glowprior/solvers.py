@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 
 __all__ = ["BatchObjective", "SolverResult", "batched_adam", "batched_lbfgs"]
 
-BatchObjective = Callable[[torch.Tensor], torch.Tensor]
-"""Maps latents ``(B, n)`` to per-sample objective values ``(B,)``."""
+BatchObjective = Callable[..., torch.Tensor]
+"""Maps latents ``(B, n)`` to per-sample objective values ``(B,)``; with ``row_subsets=True``
+it is called as ``objective(z, rows)`` with the latents of batch rows ``rows`` only."""
 
 _ARMIJO_C1 = 1e-4
 _EXPLOSION_FACTOR = 10.0
@@ -33,6 +34,8 @@ class SolverResult:
     :param torch.Tensor converged: whether each sample met the stopping rule, ``(B,)``.
     :param list history: objective values ``(B,)`` after each iteration.
     :param int evaluations: batched objective-and-gradient evaluations.
+    :param int sample_evaluations: objective-and-gradient evaluations of single samples (with
+        ``row_subsets``, samples that have stopped or accepted their step are not evaluated).
     :param int rejected_steps: trial steps rejected because the objective was not finite.
     :param torch.Tensor step_shrink: per sample ``(B,)``, how much shorter than ``lr`` the steps
         taken were, in halvings (:math:`\log_2` of the ratio) summed over iterations: the
@@ -48,21 +51,45 @@ class SolverResult:
     evaluations: int = 0
     rejected_steps: int = 0
     step_shrink: torch.Tensor | None = None
+    sample_evaluations: int = 0
 
 
 class _Evaluator:
-    """Objective values and gradients, with non-finite values mapped to ``+inf``."""
+    """Objective values and gradients of some rows of the batch, non-finite values as ``+inf``.
 
-    def __init__(self, objective: BatchObjective) -> None:
+    With ``row_subsets`` only those rows are computed; otherwise the whole batch is, with the
+    other rows at ``base`` (their current iterate).
+    """
+
+    def __init__(self, objective: BatchObjective, row_subsets: bool) -> None:
         self.objective = objective
+        self.row_subsets = row_subsets
         self.count = 0
+        self.samples = 0
         self.non_finite = 0
 
-    def __call__(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, z: torch.Tensor, rows: torch.Tensor, base: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.row_subsets:
+            values, grad = self._evaluate(z, rows)
+        else:
+            full = base.detach().clone()
+            full[rows] = z
+            values, grad = self._evaluate(full, None)
+            values, grad = values[rows], grad[rows]
+        finite = torch.isfinite(values) & torch.isfinite(grad).all(dim=1)
+        self.non_finite += int((~finite).sum())
+        return values.where(finite, torch.inf), grad.where(finite[:, None], 0.0)
+
+    def _evaluate(
+        self, z: torch.Tensor, rows: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         self.count += 1
+        self.samples += z.shape[0]
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
-            values = self.objective(z)
+            values = self.objective(z) if rows is None else self.objective(z, rows)
             if values.shape != z.shape[:1]:
                 raise ValueError(
                     f"The objective must return one value per sample, shape {tuple(z.shape[:1])},"
@@ -70,10 +97,7 @@ class _Evaluator:
                 )
             finite = torch.isfinite(values)
             (grad,) = torch.autograd.grad(values.where(finite, 0.0).sum(), z)
-        finite = finite & torch.isfinite(grad).all(dim=1)
-        self.non_finite += int((~finite).sum())
-        values = values.detach().where(finite, torch.inf)
-        return values, grad.where(finite[:, None], 0.0)
+        return values.detach(), grad
 
 
 def _two_loop_direction(
@@ -113,6 +137,7 @@ def batched_lbfgs(
     line_search: str = "armijo",
     max_step: float | None = None,
     max_backtracks: int = 20,
+    row_subsets: bool = False,
     progress: bool = False,
 ) -> SolverResult:
     r"""L-BFGS on each sample of a batch independently, with a guarded line search.
@@ -139,6 +164,8 @@ def batched_lbfgs(
     :param str line_search: ``"armijo"`` or ``"guard"``.
     :param float max_step: largest Euclidean step in latent space (``None``: no cap).
     :param int max_backtracks: step halvings before a line search gives up.
+    :param bool row_subsets: call ``objective(z, rows)`` on the rows still searching only, so
+        samples that stopped or accepted their step cost nothing (``rows`` indexes the batch).
     :param bool progress: show a progress bar.
     :return: :class:`SolverResult`.
 
@@ -154,10 +181,11 @@ def batched_lbfgs(
         raise ValueError(f"line_search must be 'armijo' or 'guard', got {line_search!r}.")
     if z0.dim() != 2:
         raise ValueError(f"z0 must have shape (B, n), got {tuple(z0.shape)}.")
-    evaluate = _Evaluator(objective)
+    evaluate = _Evaluator(objective, row_subsets)
     batch, dim = z0.shape
     z = z0.detach().clone()
-    f, g = evaluate(z)
+    every_row = torch.arange(batch, device=z.device)
+    f, g = evaluate(z, every_row, z)
     if not bool(torch.isfinite(f).all()):
         raise FloatingPointError(
             "The objective is not finite at the starting point; start from z = 0 or a smaller "
@@ -193,19 +221,21 @@ def batched_lbfgs(
         pending = active.clone()
         z_next, f_next, g_next = z.clone(), f.clone(), g.clone()
         for _ in range(max_backtracks + 1):
-            trial = torch.where(pending[:, None], z + t[:, None] * direction, z)
-            f_trial, g_trial = evaluate(trial)
+            rows = pending.nonzero().squeeze(1)
+            trial = z[rows] + t[rows, None] * direction[rows]
+            f_trial, g_trial = evaluate(trial, rows, z)
+            f_now = f[rows]
             if line_search == "armijo":
-                ok = f_trial <= f + _ARMIJO_C1 * t * slope
+                ok = f_trial <= f_now + _ARMIJO_C1 * t[rows] * slope[rows]
             else:
-                ok = torch.isfinite(f_trial) & (f_trial <= _EXPLOSION_FACTOR * (f.abs() + 1))
-            accept = pending & ok
-            z_next[accept], f_next[accept], g_next[accept] = (
-                trial[accept],
-                f_trial[accept],
-                g_trial[accept],
+                ok = torch.isfinite(f_trial) & (f_trial <= _EXPLOSION_FACTOR * (f_now.abs() + 1))
+            accepted = rows[ok]
+            z_next[accepted], f_next[accepted], g_next[accepted] = (
+                trial[ok],
+                f_trial[ok],
+                g_trial[ok],
             )
-            pending &= ~ok
+            pending[accepted] = False
             t = torch.where(pending, 0.5 * t, t)
             if not bool(pending.any()):
                 break
@@ -255,6 +285,7 @@ def batched_lbfgs(
         evaluations=evaluate.count,
         rejected_steps=evaluate.non_finite,
         step_shrink=step_shrink,
+        sample_evaluations=evaluate.samples,
     )
 
 
@@ -267,6 +298,7 @@ def batched_adam(
     tol: float = 1e-7,
     patience: int = 20,
     betas: tuple[float, float] = (0.9, 0.999),
+    row_subsets: bool = False,
     progress: bool = False,
 ) -> SolverResult:
     r"""Adam on each sample independently, keeping each sample's best iterate.
@@ -282,15 +314,16 @@ def batched_adam(
     :param float tol: relative improvement counted as progress.
     :param int patience: iterations without progress before a sample stops.
     :param tuple betas: Adam's moment decay rates.
+    :param bool row_subsets: call ``objective(z, rows)`` on the samples still running only.
     :param bool progress: show a progress bar.
     :return: :class:`SolverResult`.
     """
     if z0.dim() != 2:
         raise ValueError(f"z0 must have shape (B, n), got {tuple(z0.shape)}.")
-    evaluate = _Evaluator(objective)
+    evaluate = _Evaluator(objective, row_subsets)
     batch = z0.shape[0]
     z = z0.detach().clone()
-    f, g = evaluate(z)
+    f, g = evaluate(z, torch.arange(batch, device=z.device), z)
     if not bool(torch.isfinite(f).all()):
         raise FloatingPointError("The objective is not finite at the starting point.")
     beta1, beta2 = betas
@@ -314,7 +347,9 @@ def batched_adam(
             (second_moment / (1 - beta2**iteration)).sqrt() + 1e-8
         )
         trial = torch.where(active[:, None], z - step_size[:, None] * corrected, z)
-        f_trial, g_trial = evaluate(trial)
+        rows = active.nonzero().squeeze(1)
+        f_trial, g_trial = f.clone(), g.clone()
+        f_trial[rows], g_trial[rows] = evaluate(trial[rows], rows, z)
         finite = torch.isfinite(f_trial)
         step_size = torch.where(active & ~finite, 0.5 * step_size, step_size)
         step_shrink += torch.where(active, torch.log2(lr / step_size), 0.0)
@@ -343,4 +378,5 @@ def batched_adam(
         evaluations=evaluate.count,
         rejected_steps=evaluate.non_finite,
         step_shrink=step_shrink,
+        sample_evaluations=evaluate.samples,
     )

@@ -288,3 +288,46 @@ def test_objective_with_wrong_shape(solver, objective):
 def test_unknown_line_search():
     with pytest.raises(ValueError, match="line_search"):
         batched_lbfgs(_sum_of_squares, torch.ones(2, 2), line_search="wolfe")
+
+
+def rosenbrock_rows(scales: torch.Tensor):
+    """Per-row Rosenbrock-like problems of different difficulty; also callable on row subsets."""
+
+    def objective(z: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        a = scales if rows is None else scales[rows]
+        return ((1 - z[:, :-1]) ** 2 + a[:, None] * (z[:, 1:] - z[:, :-1] ** 2) ** 2).sum(1)
+
+    return objective
+
+
+@pytest.mark.parametrize("solver", [batched_lbfgs, batched_adam])
+def test_row_subsets_give_the_same_result_for_less_work(solver):
+    scales = torch.tensor([1.0, 5.0, 20.0, 100.0], dtype=torch.float64)
+    objective = rosenbrock_rows(scales)
+    z0 = torch.zeros(4, 6, dtype=torch.float64)
+    options = {"max_iter": 300} if solver is batched_lbfgs else {"max_iter": 3000, "lr": 1e-2}
+    full = solver(objective, z0, **options)
+    subsets = solver(objective, z0, row_subsets=True, **options)
+    torch.testing.assert_close(subsets.z, full.z, atol=1e-12, rtol=0)
+    torch.testing.assert_close(subsets.iterations, full.iterations)
+    assert full.sample_evaluations == 4 * full.evaluations
+    assert subsets.sample_evaluations < full.sample_evaluations
+    if solver is batched_lbfgs:
+        assert bool(full.converged.all()), full.iterations
+        torch.testing.assert_close(full.z, torch.ones_like(full.z), atol=1e-4, rtol=0)
+
+
+def test_row_subsets_pass_the_rows_being_evaluated():
+    seen = []
+
+    def objective(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        seen.append(rows.tolist())
+        assert z.shape == (len(rows), 2)
+        return ((z - rows[:, None].to(z.dtype)) ** 2).sum(1)
+
+    result = batched_lbfgs(objective, torch.zeros(3, 2), row_subsets=True, max_iter=50)
+    torch.testing.assert_close(
+        result.z, torch.tensor([[0.0, 0], [1, 1], [2, 2]]), atol=1e-4, rtol=0
+    )
+    assert seen[0] == [0, 1, 2]  # the start: every sample
+    assert any(len(rows) < 3 for rows in seen)
