@@ -137,7 +137,8 @@ class GlowReconstructor(Reconstructor):
     :param float max_step: largest latent step of L-BFGS (default :math:`\sqrt{n}/2`;
         ``math.inf`` for none).
     :param str line_search: ``"armijo"`` (default) or ``"guard"`` (fixed step, guarded).
-    :param int memory: L-BFGS curvature pairs per sample.
+    :param int memory: L-BFGS curvature pairs per sample (default 100: the latent problems are
+        ill-conditioned, and the two-loop recursion costs little next to one Glow pass).
     :param float tau: discrepancy-principle safety factor.
     :param Sequence[float] gamma_grid: grid for ``gamma="auto"``, in units of :math:`\sigma^2`.
     :param int seed: seed of random initialisations.
@@ -179,7 +180,7 @@ class GlowReconstructor(Reconstructor):
         tol: float = 1e-6,
         max_step: float | None = None,
         line_search: str = "armijo",
-        memory: int = 10,
+        memory: int = 100,
         tau: float = 1.0,
         gamma_grid: Sequence[float] | None = None,
         seed: int = 0,
