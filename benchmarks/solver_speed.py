@@ -95,7 +95,10 @@ def run_worker(task: str, method: str, num_images: int, threads: int) -> dict:
     gamma = GAMMA[kind]
     start = time.perf_counter()
     if method == "paper":
-        x_hat, evaluations = _torch_lbfgs_coupled(glow, y, physics, gamma)
+        try:
+            x_hat, evaluations = _torch_lbfgs_coupled(glow, y, physics, gamma)
+        except RuntimeError:  # e.g. NaN/inf inside torch's LBFGS: the whole coupled batch is lost
+            x_hat, evaluations = torch.full_like(x, math.nan), -1
         sample_evaluations = evaluations * num_images
     else:
         if method == "paper-guarded":
@@ -160,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             command = [sys.executable, __file__, "--worker", task, method]
             command += ["--num-images", str(args.num_images), "--threads", str(args.threads)]
-            result = subprocess.run(command, capture_output=True, text=True, check=True)
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                print(f"{task} {method} failed:\n{result.stderr[-2000:]}", flush=True)
+                continue
             row = json.loads(result.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(
