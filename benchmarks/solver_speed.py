@@ -97,7 +97,7 @@ def run_worker(task: str, method: str, num_images: int, threads: int) -> dict:
     if method == "paper":
         try:
             x_hat, evaluations = _torch_lbfgs_coupled(glow, y, physics, gamma)
-        except RuntimeError:  # e.g. NaN/inf inside torch's LBFGS: the whole coupled batch is lost
+        except (RuntimeError, ValueError):  # NaN latents: the whole coupled batch is lost
             x_hat, evaluations = torch.full_like(x, math.nan), -1
         sample_evaluations = evaluations * num_images
     else:

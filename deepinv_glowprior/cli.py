@@ -107,15 +107,48 @@ def _add_export_parser(subparsers) -> None:
 def _add_benchmark_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "benchmark",
-        help="run one of the paper's experiments: a CSV, a plot and a printed table",
+        help="run one of the paper's experiments (a CSV, a plot and a printed table), or build "
+        "the claims table from their CSVs",
+        description=(
+            "cs, denoise, inpaint: run the experiment and write OUT/NAME.csv (and a plot). "
+            "claims: read OUT/cs*.csv, OUT/denoise.csv and OUT/inpaint.csv and write "
+            "OUT/claims.csv, one verdict per claim of the paper."
+        ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("name", choices=("cs", "denoise", "inpaint"), help="experiment")
+    parser.add_argument("name", choices=("cs", "denoise", "inpaint", "claims"), help="experiment")
     parser.add_argument("--model", default="mnist32", help="pretrained model name")
     parser.add_argument("--num-images", type=int, default=4, help="test images per setting")
     parser.add_argument("--full", action="store_true", help="publication size (32 images, all m/n)")
+    parser.add_argument(
+        "--datasets",
+        default="",
+        help="cs only: comma-separated test sets among mnist, fashion_mnist, faces, natural "
+        "(default: mnist; with --full: mnist, fashion_mnist, faces)",
+    )
+    parser.add_argument(
+        "--ratios",
+        default="",
+        help="cs only: comma-separated m/n (default 0.05,0.1,0.2,0.5; more with --full)",
+    )
+    parser.add_argument(
+        "--sigmas",
+        default="",
+        help="denoise only: comma-separated noise levels (default 0.05,0.1,0.2)",
+    )
+    parser.add_argument(
+        "--dcgan",
+        default="dcgan_mnist32",
+        help="shipped DCGAN of the CSGM baseline ('none' to leave CSGM out)",
+    )
+    parser.add_argument(
+        "--deep-decoder",
+        action="store_true",
+        help="add the Deep Decoder (400 Adam steps per image; always on with --full)",
+    )
     parser.add_argument("--out", default="outputs/benchmarks", help="folder for CSV and plot")
     parser.add_argument("--seed", type=int, default=0, help="seed of matrices and noise")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -262,24 +295,76 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     from deepinv_glowprior import experiments
     from deepinv_glowprior.demo import format_table
-    from deepinv_glowprior.pretrained import load_pretrained
 
+    out = Path(args.out)
+    if args.name == "claims":
+        return _claims(out)
     if args.num_images < 1:
         raise UserError(f"--num-images must be >= 1, got {args.num_images}.")
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0 (0: torch's default), got {args.threads}.")
+    datasets = tuple(d.strip() for d in args.datasets.split(",") if d.strip())
+    known = ("mnist", "fashion_mnist", "faces", "natural")
+    if any(d not in known for d in datasets):
+        raise UserError(f"--datasets must be among {', '.join(known)}, got {args.datasets!r}.")
+    ratios, sigmas = _numbers(args.ratios, "--ratios"), _numbers(args.sigmas, "--sigmas")
+    if (datasets or ratios) and args.name != "cs":
+        raise UserError("--datasets and --ratios apply to the cs benchmark only.")
+    if sigmas and args.name != "denoise":
+        raise UserError("--sigmas applies to the denoise benchmark only.")
+    import torch
+
+    from deepinv_glowprior.pretrained import load_pretrained
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     glow = load_pretrained(args.model)
     count = 32 if args.full else args.num_images
     options = {"num_images": count, "seed": args.seed, "progress": not args.no_progress}
+    options["dcgan"] = None if args.dcgan.lower() == "none" else args.dcgan
+    options["deep_decoder"] = args.full or args.deep_decoder
     if args.name == "cs":
-        options["datasets"] = ("mnist", "fashion_mnist", "faces") if args.full else ("mnist",)
+        full_sets = ("mnist", "fashion_mnist", "faces")
+        options["datasets"] = datasets or (full_sets if args.full else ("mnist",))
         if args.full:
             options["ratios"] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+        if ratios:
+            options["ratios"] = ratios
+    if sigmas:
+        options["sigmas"] = sigmas
     rows = experiments.EXPERIMENTS[args.name](glow, **options)
-    out = Path(args.out)
-    csv_path = experiments.write_csv(rows, out / f"{args.name}.csv")
+    stem = args.name  # cs.csv, or cs_fashion_mnist-faces.csv for --datasets fashion_mnist,faces
+    if datasets:
+        stem = f"cs_{'-'.join(datasets)}"
+    csv_path = experiments.write_csv(rows, out / f"{stem}.csv")
     x_key = {"cs": "ratio", "denoise": "sigma", "inpaint": "method"}[args.name]
     if x_key != "method":
-        experiments.plot_rows(rows, x_key, out / f"{args.name}.png", title=args.name)
+        experiments.plot_rows(rows, x_key, out / f"{stem}.png", title=args.name)
     print(format_table(rows))
+    print(f"table: {csv_path}")
+    return 0
+
+
+def _numbers(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{option} must be comma-separated numbers, got {text!r}.") from None
+
+
+def _claims(out) -> int:
+    from deepinv_glowprior import experiments
+    from deepinv_glowprior.demo import format_table
+
+    rows = experiments.read_results(out)
+    if not rows:
+        raise UserError(
+            f"no cs.csv, denoise.csv or inpaint.csv in {out}; run `glowprior benchmark cs "
+            f"--out {out}` (and denoise, inpaint) first."
+        )
+    table = experiments.claims_table(rows)
+    csv_path = experiments.write_csv(table, out / "claims.csv")
+    print(format_table([{k: row[k] for k in ("claim", "ours", "verdict")} for row in table]))
     print(f"table: {csv_path}")
     return 0
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import deepinv as dinv
@@ -17,13 +18,21 @@ from deepinv_glowprior.reconstructor import GlowReconstructor
 from deepinv_glowprior.tasks import make_physics
 
 __all__ = [
+    "CLAIMS",
+    "DCGAN_NAME",
+    "Claim",
     "EXPERIMENTS",
+    "claims_table",
     "compare_methods",
     "cs_experiment",
+    "csgm_method",
+    "default_methods",
     "denoise_experiment",
     "evaluation_images",
     "inpaint_experiment",
     "plot_rows",
+    "read_csv",
+    "read_results",
     "write_csv",
 ]
 
@@ -70,15 +79,62 @@ def _tuned(factory: Callable[[float], dinv.models.Reconstructor], grid) -> Metho
     return build
 
 
-def default_methods(glow: Glow, task: str, glow_settings: dict | None = None) -> dict:
-    """Glow and the sparsity baselines (lambda tuned on validation images) for ``task``."""
+#: The shipped DCGAN of the CSGM baseline (:func:`~deepinv_glowprior.dcgan.load_pretrained_dcgan`).
+DCGAN_NAME = "dcgan_mnist32"
+
+
+def csgm_method(
+    glow: Glow, task: str, dcgan: str | None = DCGAN_NAME, **overrides
+) -> MethodFactory | None:
+    r"""The CSGM baseline with the shipped DCGAN ``dcgan``, or ``None`` when that DCGAN is not
+    installed or makes images of another size than ``glow``'s.
+
+    Same protocol as this module's Glow (the defaults of :class:`GlowReconstructor`, mirrored by
+    :class:`~deepinv_glowprior.dcgan.CSGMReconstructor`: L-BFGS, lr 1, 300 iterations, Armijo
+    line search, :math:`\gamma = 0`) with 10 starts, :math:`z = 0` and 9 random ones, since a
+    single start often lands in a poor local minimum of the GAN's latent space. ``task`` is
+    accepted for symmetry; ``overrides`` go to the reconstructor."""
+    if task not in ("cs", "denoising", "inpainting"):
+        raise ValueError(f"task must be 'cs', 'denoising' or 'inpainting', got {task!r}.")
+    if dcgan is None:
+        return None
+    from deepinv_glowprior.dcgan import CSGMReconstructor, load_pretrained_dcgan
+
+    try:
+        generator = load_pretrained_dcgan(dcgan)
+    except (KeyError, OSError):
+        return None
+    if tuple(generator.config.img_size) != tuple(glow.img_size):
+        return None
+    settings = {"restarts": 10, **overrides}
+    return lambda physics, validation: CSGMReconstructor(generator, **settings)
+
+
+def default_methods(
+    glow: Glow,
+    task: str,
+    glow_settings: dict | None = None,
+    dcgan: str | None = DCGAN_NAME,
+    deep_decoder: bool = False,
+) -> dict[str, MethodFactory]:
+    """Glow, the CSGM baseline (when the DCGAN ``dcgan`` is shipped and matches the Glow's image
+    size) and the sparsity baselines (lambda tuned on validation images) for ``task``; BM3D too
+    for denoising; the Deep Decoder (400 Adam steps per image, slow on a CPU) if
+    ``deep_decoder``."""
     grid = baselines.LAMBDA_GRID
-    methods = {
-        "Glow": _glow_method(glow, **(glow_settings or {})),
-        "Lasso-wavelet": _tuned(baselines.lasso_wavelet, grid),
-        "Lasso-DCT": _tuned(baselines.lasso_dct, grid),
-        "TV": _tuned(baselines.total_variation, grid),
-    }
+    methods = {"Glow": _glow_method(glow, **(glow_settings or {}))}
+    csgm_factory = csgm_method(glow, task, dcgan)
+    if csgm_factory is not None:
+        methods["CSGM"] = csgm_factory
+    methods.update(
+        {
+            "Lasso-wavelet": _tuned(baselines.lasso_wavelet, grid),
+            "Lasso-DCT": _tuned(baselines.lasso_dct, grid),
+            "TV": _tuned(baselines.total_variation, grid),
+        }
+    )
+    if deep_decoder:
+        methods["Deep Decoder"] = lambda physics, validation: baselines.deep_decoder()
     if task == "denoising":
         try:
             baselines.bm3d_denoiser()
@@ -136,14 +192,20 @@ def cs_experiment(
     num_images: int = 4,
     seed: int = 0,
     progress: bool = True,
+    dcgan: str | None = DCGAN_NAME,
+    deep_decoder: bool = False,
 ) -> list[Row]:
-    """Compressive sensing PSNR against :math:`m/n` for Glow and the baselines, per dataset."""
+    """Compressive sensing PSNR against :math:`m/n` for Glow, CSGM and the baselines, per dataset.
+
+    ``dcgan``: the shipped DCGAN of the CSGM baseline, ``None`` to leave CSGM out;
+    ``deep_decoder``: add the Deep Decoder baseline.
+    """
     rows = []
     settings = [(d, r) for d in datasets for r in ratios]
     for dataset, ratio in tqdm(settings, desc="cs", disable=not progress):
         physics = make_physics("cs", glow.img_size, seed=seed, ratio=ratio)
         rows += compare_methods(
-            default_methods(glow, "cs"),
+            default_methods(glow, "cs", dcgan=dcgan, deep_decoder=deep_decoder),
             physics,
             evaluation_images(dataset, num_images),
             evaluation_images(dataset, num_images, "val"),
@@ -159,12 +221,16 @@ def denoise_experiment(
     num_images: int = 4,
     seed: int = 0,
     progress: bool = True,
+    dcgan: str | None = DCGAN_NAME,
+    deep_decoder: bool = False,
 ) -> list[Row]:
-    """Denoising PSNR at each noise level: Glow with ``gamma="auto"``, baselines, BM3D."""
+    """Denoising PSNR at each noise level: Glow with ``gamma="auto"``, CSGM, baselines, BM3D."""
     rows = []
     for sigma in tqdm(sigmas, desc="denoise", disable=not progress):
         physics = make_physics("denoising", glow.img_size, sigma=sigma)
-        methods = default_methods(glow, "denoising", {"gamma": "auto"})
+        methods = default_methods(
+            glow, "denoising", {"gamma": "auto"}, dcgan=dcgan, deep_decoder=deep_decoder
+        )
         rows += compare_methods(
             methods,
             physics,
@@ -182,17 +248,19 @@ def inpaint_experiment(
     num_images: int = 4,
     seed: int = 0,
     progress: bool = True,
+    dcgan: str | None = DCGAN_NAME,
+    deep_decoder: bool = False,
 ) -> list[Row]:
-    """Centre-hole inpainting (30% of the side): Glow at each gamma, and the baselines."""
+    """Centre-hole inpainting (30% of the side): Glow at each gamma, CSGM, and the baselines."""
     physics = make_physics("inpainting", glow.img_size, side_fraction=0.3)
     test, validation = (
         evaluation_images("mnist", num_images),
         evaluation_images("mnist", num_images, "val"),
     )
-    methods = default_methods(glow, "inpainting")
+    methods = default_methods(glow, "inpainting", dcgan=dcgan, deep_decoder=deep_decoder)
     del methods["Glow"]
-    for gamma in tqdm(gammas, desc="inpaint", disable=not progress):
-        methods[f"Glow gamma={gamma:g}"] = _glow_method(glow, gamma=gamma)
+    glows = {f"Glow gamma={gamma:g}": _glow_method(glow, gamma=gamma) for gamma in gammas}
+    methods = {**glows, **methods}
     return compare_methods(
         methods,
         physics,
@@ -245,3 +313,287 @@ def plot_rows(rows: list[Row], x_key: str, path: str | Path, title: str = "") ->
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def read_csv(path: str | Path) -> list[Row]:
+    """Rows written by :func:`write_csv`: a column whose cells are all numbers comes back as
+    numbers (ints where possible), any other column as text; empty cells are dropped."""
+
+    def number(value: str) -> float | int | None:
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        return None
+
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    numeric = {
+        key
+        for key in (rows[0] if rows else {})
+        if all(number(row[key]) is not None for row in rows if row[key] != "")
+    }
+    return [
+        {k: number(v) if k in numeric else v for k, v in row.items() if v != ""} for row in rows
+    ]
+
+
+def read_results(folder: str | Path) -> list[Row]:
+    """The rows of every benchmark CSV in ``folder``: ``cs*.csv`` (``cs.csv`` and, e.g.,
+    ``cs_fashion_mnist-faces.csv``), ``denoise.csv``, ``inpaint.csv``, those present."""
+    folder = Path(folder)
+    paths = sorted(folder.glob("cs*.csv")) + [folder / "denoise.csv", folder / "inpaint.csv"]
+    return [row for path in paths if path.is_file() for row in read_csv(path)]
+
+
+# -- the paper's claims, checked against benchmark rows ---------------------------------------
+HOLDS, FAILS, NOT_MEASURED = "holds", "fails", "not measured"
+LASSOS = ("Lasso-DCT", "Lasso-wavelet")
+Check = Callable[[list[Row], float], tuple[str, str, str]]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of Asim et al. (ICML 2020), the published figure behind it, and a
+    check: ``check(rows, tie_db) -> (our figure, verdict, why)``."""
+
+    key: str
+    statement: str
+    paper: str
+    check: Check
+
+
+def _select(rows: Iterable[Row], **where) -> list[Row]:
+    def matches(row: Row, key: str, value) -> bool:
+        if key not in row:
+            return False
+        if isinstance(value, float):
+            return isinstance(row[key], (int, float)) and abs(float(row[key]) - value) < 1e-9
+        return row[key] == value
+
+    return [row for row in rows if all(matches(row, k, v) for k, v in where.items())]
+
+
+def _psnr(rows: list[Row], method: str, **where) -> float | None:
+    found = _select(rows, method=method, **where)
+    return float(found[0]["psnr"]) if found else None
+
+
+def _best_lasso(rows: list[Row], **where) -> tuple[str, float] | None:
+    found = [(m, _psnr(rows, m, **where)) for m in LASSOS]
+    found = [(m, v) for m, v in found if v is not None]
+    return max(found, key=lambda item: item[1]) if found else None
+
+
+def _cs_ratios(rows: list[Row], dataset: str, minimum: float) -> list[float]:
+    ratios = {float(r["ratio"]) for r in _select(rows, experiment="cs", dataset=dataset)}
+    return sorted(r for r in ratios if r >= minimum - 1e-9)
+
+
+def _compare(
+    pairs: list[tuple[str, float, float, str]], margin: float, strict: bool
+) -> tuple[str, str, str]:
+    """``pairs``: (setting, Glow PSNR, other PSNR, other's name). The claim holds when, in every
+    setting, Glow - other > margin (``strict``) or >= margin."""
+    if not pairs:
+        return "", NOT_MEASURED, "no benchmark row for this setting"
+    cells, failures = [], []
+    for setting, glow, other, name in pairs:
+        gap = glow - other
+        cells.append(f"{setting}: Glow {glow:.1f} vs {name} {other:.1f} ({gap:+.1f})")
+        if gap < margin or (strict and gap == margin):
+            failures.append(f"{setting}: Glow {glow:.1f} dB, {name} {other:.1f} dB")
+    worst = min(pairs, key=lambda p: p[1] - p[2])
+    if failures:
+        return "; ".join(cells), FAILS, "fails at " + "; ".join(failures)
+    return "; ".join(cells), HOLDS, f"smallest margin {worst[1] - worst[2]:+.1f} dB ({worst[0]})"
+
+
+def _cs_versus(
+    rows: list[Row], datasets: Sequence[str], minimum: float, other: str | None
+) -> list[tuple[str, float, float, str]]:
+    pairs = []
+    for dataset in datasets:
+        for ratio in _cs_ratios(rows, dataset, minimum):
+            where = {"experiment": "cs", "dataset": dataset, "ratio": ratio}
+            glow = _psnr(rows, "Glow", **where)
+            rival = (
+                _best_lasso(rows, **where)
+                if other is None
+                else (other, _psnr(rows, other, **where))
+            )
+            if glow is None or rival is None or rival[1] is None:
+                continue
+            label = f"m/n={ratio:g}" if dataset == "mnist" else f"{dataset} m/n={ratio:g}"
+            pairs.append((label, glow, rival[1], rival[0]))
+    return pairs
+
+
+def _claim_cs_lasso(rows, tie_db):
+    return _compare(_cs_versus(rows, ("mnist",), 0.1, None), 0.0, strict=True)
+
+
+def _claim_cs_lasso_margin(rows, tie_db):
+    pairs = [p for p in _cs_versus(rows, ("mnist",), 0.2, None) if p[0] == "m/n=0.2"]
+    return _compare(pairs, 5.0, strict=False)
+
+
+def _claim_cs_dcgan(rows, tie_db):
+    pairs = _cs_versus(rows, ("mnist",), 0.2, "CSGM")
+    if not pairs:
+        return "", NOT_MEASURED, "no CSGM rows (run the cs benchmark with the shipped DCGAN)"
+    return _compare(pairs, 0.0, strict=True)
+
+
+def _claim_cs_deep_decoder(rows, tie_db):
+    pairs = _cs_versus(rows, ("mnist",), 0.0, "Deep Decoder")
+    if not pairs:
+        return "", NOT_MEASURED, "no Deep Decoder rows (it runs with --full or --deep-decoder)"
+    above = [p for p in pairs if float(p[0].split("=")[1]) > 0.08]
+    return _compare(above, 0.0, strict=True)
+
+
+def _claim_cs_ood(rows, tie_db):
+    datasets = sorted({str(r["dataset"]) for r in _select(rows, experiment="cs")} - {"mnist"})
+    if not datasets:
+        return "", NOT_MEASURED, "no out-of-distribution cs rows (--datasets fashion_mnist,faces)"
+    return _compare(_cs_versus(rows, datasets, 0.2, None), -tie_db, strict=False)
+
+
+def _denoise(rows, sigma):
+    glow = _psnr(rows, "Glow", experiment="denoise", sigma=sigma)
+    bm3d = _psnr(rows, "BM3D", experiment="denoise", sigma=sigma)
+    return [] if glow is None or bm3d is None else [(f"sigma={sigma:g}", glow, bm3d, "BM3D")]
+
+
+def _claim_denoise_01(rows, tie_db):
+    pairs = _denoise(rows, 0.1)
+    if not pairs:
+        return "", NOT_MEASURED, "no denoising rows with Glow and BM3D at sigma = 0.1"
+    return _compare(pairs, -tie_db, strict=False)
+
+
+def _claim_denoise_02(rows, tie_db):
+    pairs = _denoise(rows, 0.2)
+    if not pairs:
+        return "", NOT_MEASURED, "no denoising rows with Glow and BM3D at sigma = 0.2"
+    return _compare(pairs, 0.0, strict=True)
+
+
+def _claim_inpaint(rows, tie_db):
+    inpaint = _select(rows, experiment="inpaint")
+    csgm = _psnr(inpaint, "CSGM")
+    glows = [r for r in inpaint if str(r["method"]).startswith("Glow")]
+    if csgm is None or not glows:
+        return "", NOT_MEASURED, "no inpainting rows with both Glow and CSGM"
+    pairs = [
+        (str(r["method"]).removeprefix("Glow ") or "Glow", float(r["psnr"]), csgm, "CSGM")
+        for r in glows
+    ]
+    return _compare(pairs, 0.0, strict=True)
+
+
+def _not_measured(why: str) -> Check:
+    return lambda rows, tie_db: ("", NOT_MEASURED, why)
+
+
+#: The claims of Asim et al. (ICML 2020), as checks on the rows of
+#: the ``cs``, ``denoise`` and ``inpaint`` benchmarks.
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        "1a",
+        "CS in distribution: Glow above Lasso-DCT and Lasso-wavelet at every m/n >= 0.1",
+        "CelebA, m/n 0.2-1: Glow 32.4-41.9 vs Lasso-DCT 21.8-36.4",
+        _claim_cs_lasso,
+    ),
+    Claim(
+        "1b",
+        "CS in distribution: Glow above the better Lasso by >= 5 dB at m/n = 0.2",
+        "Glow 32.4 vs Lasso-DCT 21.8 (+10.6)",
+        _claim_cs_lasso_margin,
+    ),
+    Claim(
+        "1c",
+        "CS in distribution: Glow above the DCGAN (CSGM) for m/n >= 0.2",
+        "DCGAN ~20.2 at every m/n vs Glow 32.4-41.9",
+        _claim_cs_dcgan,
+    ),
+    Claim(
+        "1d",
+        "CS in distribution: the Deep Decoder beats Glow only at m/n <= 0.08",
+        "m/n 0.2: Deep Decoder 29.3 vs Glow 32.4",
+        _claim_cs_deep_decoder,
+    ),
+    Claim(
+        "2",
+        "CS out of distribution: Glow at or above the better Lasso for m/n >= 0.2 "
+        "(at: within the tie margin)",
+        "CelebA Glow on birds 32.4 vs Lasso-DCT 25.3; flowers 33.0 vs 25.9",
+        _claim_cs_ood,
+    ),
+    Claim(
+        "3a",
+        "Denoising sigma = 0.1: Glow at or above BM3D (at: within the tie margin)",
+        "Glow 30.1-30.5 vs BM3D 29.9",
+        _claim_denoise_01,
+    ),
+    Claim(
+        "3b",
+        "Denoising sigma = 0.2: Glow above BM3D",
+        "Glow 27.0-27.1 vs BM3D 24.9-25.2",
+        _claim_denoise_02,
+    ),
+    Claim(
+        "4",
+        "Inpainting (centre hole): Glow above the DCGAN (CSGM), at every gamma run",
+        "Glow 34.6 (gamma 0) - 34.9 (gamma 0.05) vs DCGAN <= 22.1",
+        _claim_inpaint,
+    ),
+    Claim(
+        "5",
+        "Dataset bias: a GAN prior trained without a feature erases it; the Glow keeps it",
+        "qualitative (glasses, beards on CelebA)",
+        _not_measured(
+            "needs a Glow and a DCGAN both trained on MNIST without one class "
+            "(glowprior train --exclude-digits exists; neither model was trained or shipped)"
+        ),
+    ),
+    Claim(
+        "6",
+        "Theorem 1: for a linear G, the CS error of gradient descent from z = 0 is within the "
+        "randomised range-finder bounds",
+        "bounds of Halko-Martinsson-Tropp Thm 10.5",
+        _not_measured(
+            "not a benchmark of these CSVs; checked by Monte Carlo in deepinv_glowprior.theory "
+            "(tests/test_theory.py) and on the trained Glow by glowprior theorem1"
+        ),
+    ),
+)
+
+
+def claims_table(
+    rows: Iterable[Row], claims: Sequence[Claim] = CLAIMS, tie_db: float = 0.5
+) -> list[Row]:
+    """One row per claim: the statement, the paper's figure, ours, and a verdict.
+
+    ``rows`` are the rows of the ``cs``, ``denoise`` and ``inpaint`` experiments (e.g. from
+    :func:`read_csv`), mean PSNR per method and setting. The verdict is ``"holds"``, ``"fails"``
+    (the ``why`` column names the settings where it fails) or ``"not measured"`` (``why`` says
+    what is missing). "At or above" allows Glow to be up to ``tie_db`` dB below.
+    """
+    rows = list(rows)
+    table = []
+    for claim in claims:
+        ours, verdict, why = claim.check(rows, tie_db)
+        table.append(
+            {
+                "claim": claim.key,
+                "statement": claim.statement,
+                "paper": claim.paper,
+                "ours": ours or "-",
+                "verdict": verdict,
+                "why": why,
+            }
+        )
+    return table
