@@ -142,6 +142,10 @@ def _ratio_rows(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def _rounded(value):
+    return float(f"{value:.4g}") if isinstance(value, float) else value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-images", type=int, default=32)
@@ -179,11 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = _ratio_rows(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fields = sorted({key for row in rows for key in row}, key=lambda k: (k not in rows[0], k))
+    fields = list(rows[0]) + sorted({key for row in rows for key in row} - set(rows[0]))
     with out.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows([{k: _rounded(v) for k, v in row.items()} for row in rows])
     for row in rows:
         if row["method"] == "ours":
             ratios = {k: f"{v:.3g}" for k, v in row.items() if "_vs_" in k or "_minus_" in k}
