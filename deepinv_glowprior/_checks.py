@@ -8,6 +8,8 @@ import os
 import torch
 
 __all__ = [
+    "check_measurement_batch",
+    "check_physics_output",
     "check_device",
     "check_dtype_device",
     "check_finite_tensor",
@@ -154,3 +156,38 @@ def check_path(path: object, *, name: str = "path") -> None:
         raise TypeError(
             f"{name} must be a file path (str or pathlib.Path), got {type(path).__name__}."
         )
+
+
+def check_measurement_batch(y: object, physics: object) -> None:
+    """``y`` is a non-empty tensor batch ``(B, ...)`` and ``physics`` has an ``A`` method."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}.")
+    if y.dim() < 2 or y.shape[0] == 0:
+        raise ValueError(f"y must be a non-empty batch (B, ...), got shape {tuple(y.shape)}.")
+    if not callable(getattr(physics, "A", None)):
+        raise TypeError(f"physics must be a deepinv Physics with an A method, got {physics!r}.")
+
+
+def check_physics_output(
+    y: torch.Tensor, physics, img_size: tuple[int, ...], *, model: str
+) -> torch.Size:
+    """Apply ``physics.A`` to one grey image of ``img_size`` and check its measurement shape
+    against ``y``'s; return the shape of ``A(probe)`` (its batch size is 1 unless the physics
+    holds per-sample parameters). ``model`` names the image's source in messages."""
+    probe = torch.full((1, *img_size), 0.5, device=y.device, dtype=y.dtype)
+    try:
+        measured = physics.A(probe)
+    except Exception as err:
+        raise ValueError(
+            f"physics.A fails on images of {model}'s size {tuple(img_size)}: {err}. "
+            "Build the physics for that image size."
+        ) from err
+    if tuple(measured.shape[1:]) != tuple(y.shape[1:]):
+        expected = ", ".join(str(v) for v in ("B", *measured.shape[1:]))
+        raise ValueError(
+            f"y has shape {tuple(y.shape)}, but physics.A maps an image of {model}'s size "
+            f"{tuple(img_size)} to measurements of shape ({expected}); the measurements "
+            f"do not match the physics or {model}'s image size. Build the physics for that "
+            "image size and measure with y = physics(x)."
+        )
+    return measured.shape

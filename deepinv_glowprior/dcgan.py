@@ -27,7 +27,12 @@ from deepinv.models import Reconstructor
 from torch import nn
 from torch.utils.data import Dataset
 
-from deepinv_glowprior._checks import check_finite_tensor, check_image_batch
+from deepinv_glowprior._checks import (
+    check_finite_tensor,
+    check_image_batch,
+    check_measurement_batch,
+    check_physics_output,
+)
 from deepinv_glowprior._checks import check_nonnegative_number as _number
 from deepinv_glowprior._checks import check_positive_int as _positive
 from deepinv_glowprior.glow import CheckpointError, _load_checkpoint_file, atomic_torch_save
@@ -480,12 +485,7 @@ class CSGMReconstructor(Reconstructor):
         return best_z.detach(), best_f
 
     def _check_inputs(self, y: torch.Tensor, physics) -> None:
-        if not isinstance(y, torch.Tensor):
-            raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}.")
-        if y.dim() < 2 or y.shape[0] == 0:
-            raise ValueError(f"y must be a non-empty batch (B, ...), got shape {tuple(y.shape)}.")
-        if not callable(getattr(physics, "A", None)):
-            raise TypeError(f"physics must be a deepinv Physics with an A method, got {physics!r}.")
+        check_measurement_batch(y, physics)
         weight = next(self.generator.parameters())
         if not torch.is_floating_point(y) or y.dtype != weight.dtype or y.device != weight.device:
             raise TypeError(
@@ -493,20 +493,7 @@ class CSGMReconstructor(Reconstructor):
                 f"{weight.device}; convert y with y.to(...)."
             )
         check_finite_tensor(y, name="y")
-        probe = torch.full((1, *self.generator.config.img_size), 0.5, device=y.device)
-        try:
-            measured = physics.A(probe.to(y.dtype))
-        except Exception as err:
-            raise ValueError(
-                f"physics.A fails on images of the generator's size "
-                f"{self.generator.config.img_size}: {err}. Build the physics for that size."
-            ) from err
-        if tuple(measured.shape[1:]) != tuple(y.shape[1:]):
-            raise ValueError(
-                f"y has shape {tuple(y.shape)}, but physics.A maps an image of the generator's "
-                f"size {self.generator.config.img_size} to shape (B, "
-                f"{', '.join(map(str, measured.shape[1:]))}); measure with y = physics(x)."
-            )
+        check_physics_output(y, physics, self.generator.config.img_size, model="the generator")
 
 
 def _sha256(path: Path) -> str:

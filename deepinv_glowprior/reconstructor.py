@@ -15,7 +15,9 @@ from deepinv.physics import GaussianNoise
 from deepinv_glowprior._checks import (
     check_dtype_device,
     check_finite_tensor,
+    check_measurement_batch,
     check_nonnegative_number,
+    check_physics_output,
     check_positive_int,
 )
 from deepinv_glowprior.glow import Glow
@@ -312,12 +314,7 @@ class GlowReconstructor(Reconstructor):
     # -- internals ----------------------------------------------------------------------------
     def _check_inputs(self, y: torch.Tensor, physics) -> bool:
         """Validate ``y`` and ``physics``; return whether ``physics.A`` maps one image to one."""
-        if not isinstance(y, torch.Tensor):
-            raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}.")
-        if y.dim() < 2 or y.shape[0] == 0:
-            raise ValueError(f"y must be a non-empty batch (B, ...), got shape {tuple(y.shape)}.")
-        if not callable(getattr(physics, "A", None)):
-            raise TypeError(f"physics must be a deepinv Physics with an A method, got {physics!r}.")
+        check_measurement_batch(y, physics)
         check_dtype_device(y, name="y", dtype=self.glow.dtype, device=self.glow.device)
         if isinstance(physics, torch.nn.Module):
             for tensor in list(physics.parameters()) + list(physics.buffers()):
@@ -327,25 +324,7 @@ class GlowReconstructor(Reconstructor):
                         f"{self.glow.device}; call physics.to('{self.glow.device}')."
                     )
         check_finite_tensor(y, name="y")
-        probe = torch.full(
-            (1, *self.glow.img_size), 0.5, device=self.glow.device, dtype=self.glow.dtype
-        )
-        try:
-            measured = physics.A(probe)
-        except Exception as err:
-            raise ValueError(
-                f"physics.A fails on images of the Glow's size {self.glow.img_size}: {err}. "
-                "Build the physics for that image size."
-            ) from err
-        if tuple(measured.shape[1:]) != tuple(y.shape[1:]):
-            expected = ", ".join(str(v) for v in ("B", *measured.shape[1:]))
-            raise ValueError(
-                f"y has shape {tuple(y.shape)}, but physics.A maps an image of the Glow's size "
-                f"{self.glow.img_size} to measurements of shape ({expected}); the measurements "
-                "do not match the physics or the Glow's image size. Build the physics for that "
-                "image size and measure with y = physics(x)."
-            )
-        return measured.shape[0] == 1
+        return check_physics_output(y, physics, self.glow.img_size, model="the Glow")[0] == 1
 
     def _warn_if_few_measurements(self, y: torch.Tensor) -> None:
         m, n = y[0].numel(), self.glow.latent_dim
