@@ -111,12 +111,16 @@ def _add_benchmark_parser(subparsers) -> None:
         "the claims table from their CSVs",
         description=(
             "cs, denoise, inpaint: run the experiment and write OUT/NAME.csv (and a plot). "
-            "claims: read OUT/cs*.csv, OUT/denoise.csv and OUT/inpaint.csv and write "
-            "OUT/claims.csv, one verdict per claim of the paper."
+            "bias: the shipped Glow and DCGAN trained without the digit 7 (and both trained on "
+            "all digits) on left-out and seen digits: OUT/bias.csv, bias.png, bias_grid.png. "
+            "claims: read OUT/cs*.csv, OUT/denoise.csv, OUT/inpaint.csv and OUT/bias.csv and "
+            "write OUT/claims.csv, one verdict per claim of the paper."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("name", choices=("cs", "denoise", "inpaint", "claims"), help="experiment")
+    parser.add_argument(
+        "name", choices=("cs", "denoise", "inpaint", "bias", "claims"), help="experiment"
+    )
     parser.add_argument("--model", default="mnist32", help="pretrained model name")
     parser.add_argument("--num-images", type=int, default=4, help="test images per setting")
     parser.add_argument("--full", action="store_true", help="publication size (32 images, all m/n)")
@@ -129,7 +133,8 @@ def _add_benchmark_parser(subparsers) -> None:
     parser.add_argument(
         "--ratios",
         default="",
-        help="cs only: comma-separated m/n (default 0.05,0.1,0.2,0.5; more with --full)",
+        help="cs and bias: comma-separated m/n (cs default 0.05,0.1,0.2,0.5, more with --full; "
+        "bias default 0.1,0.25,0.5)",
     )
     parser.add_argument(
         "--sigmas",
@@ -308,8 +313,10 @@ def _benchmark(args: argparse.Namespace) -> int:
     if any(d not in known for d in datasets):
         raise UserError(f"--datasets must be among {', '.join(known)}, got {args.datasets!r}.")
     ratios, sigmas = _numbers(args.ratios, "--ratios"), _numbers(args.sigmas, "--sigmas")
-    if (datasets or ratios) and args.name != "cs":
-        raise UserError("--datasets and --ratios apply to the cs benchmark only.")
+    if datasets and args.name != "cs":
+        raise UserError("--datasets applies to the cs benchmark only.")
+    if ratios and args.name not in ("cs", "bias"):
+        raise UserError("--ratios applies to the cs and bias benchmarks only.")
     if sigmas and args.name != "denoise":
         raise UserError("--sigmas applies to the denoise benchmark only.")
     import torch
@@ -318,6 +325,8 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.name == "bias":
+        return _bias(args, out, ratios)
     glow = load_pretrained(args.model)
     count = 32 if args.full else args.num_images
     options = {"num_images": count, "seed": args.seed, "progress": not args.no_progress}
@@ -345,6 +354,41 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bias(args: argparse.Namespace, out, ratios: tuple[float, ...]) -> int:
+    from deepinv_glowprior import bias
+    from deepinv_glowprior.dcgan import load_pretrained_dcgan
+    from deepinv_glowprior.demo import format_table
+    from deepinv_glowprior.experiments import write_csv
+    from deepinv_glowprior.pretrained import load_pretrained
+
+    names = bias.BIASED_MODELS
+    left_out = ",".join(str(d) for d in names["left_out"])
+    try:
+        priors = [
+            bias.BiasPrior("Glow", f"without {left_out}", load_pretrained(names["glow"])),
+            bias.BiasPrior("CSGM", f"without {left_out}", load_pretrained_dcgan(names["dcgan"])),
+            bias.BiasPrior("Glow", "all digits", load_pretrained(names["glow_reference"])),
+            bias.BiasPrior("CSGM", "all digits", load_pretrained_dcgan(names["dcgan_reference"])),
+        ]
+    except (KeyError, OSError) as err:
+        raise UserError(
+            f"the bias benchmark needs the shipped models {names['glow']}, {names['dcgan']}, "
+            f"{names['glow_reference']} and {names['dcgan_reference']}: {err}"
+        ) from err
+    options = {"num_images": 32 if args.full else args.num_images, "seed": args.seed}
+    if ratios or args.full:
+        options["ratios"] = ratios or (0.1, 0.25, 0.5, 0.75, 1.0)
+    result = bias.bias_experiment(
+        priors, names["left_out"], progress=not args.no_progress, **options
+    )
+    csv_path = write_csv(result.rows, out / "bias.csv")
+    bias.plot_bias(result.rows, out / "bias.png")
+    bias.save_bias_grid(result, out / "bias_grid.png")
+    print(format_table(result.rows))
+    print(f"table: {csv_path}")
+    return 0
+
+
 def _numbers(text: str, option: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
@@ -359,8 +403,8 @@ def _claims(out) -> int:
     rows = experiments.read_results(out)
     if not rows:
         raise UserError(
-            f"no cs.csv, denoise.csv or inpaint.csv in {out}; run `glowprior benchmark cs "
-            f"--out {out}` (and denoise, inpaint) first."
+            f"no cs.csv, denoise.csv, inpaint.csv or bias.csv in {out}; run `glowprior "
+            f"benchmark cs --out {out}` (and denoise, inpaint, bias) first."
         )
     table = experiments.claims_table(rows)
     csv_path = experiments.write_csv(table, out / "claims.csv")

@@ -579,6 +579,9 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--checkpoint-every", type=int, default=200)
     train.add_argument("--sample-every", type=int, default=1000)
     train.add_argument("--threads", type=int, default=1)
+    train.add_argument(
+        "--exclude-digits", default="", help="comma-separated MNIST digits left out (bias study)"
+    )
     export = commands.add_parser("export", help="ship a finished run into the package")
     export.add_argument("run_dir")
     export.add_argument("--name", required=True)
@@ -591,8 +594,12 @@ def main(argv: list[str] | None = None) -> None:
         command = "python -m deepinv_glowprior.dcgan " + " ".join(
             argv if argv is not None else __import__("sys").argv[1:]
         )
+        excluded = tuple(int(d) for d in args.exclude_digits.split(",") if d.strip())
+        if excluded and args.dataset != "mnist":
+            parser.error("--exclude-digits applies to --dataset mnist only.")
+        dataset = getattr(data, args.dataset)("train", exclude_classes=excluded)
         train_dcgan(
-            getattr(data, args.dataset)("train"),
+            dataset,
             args.out,
             latent_dim=args.latent_dim,
             features=args.features,
@@ -602,7 +609,12 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             checkpoint_every=args.checkpoint_every,
             sample_every=args.sample_every,
-            meta={"command": command, "dataset": args.dataset, "seed": args.seed},
+            meta={
+                "command": command,
+                "dataset": args.dataset,
+                "seed": args.seed,
+                "exclude_digits": list(excluded),
+            },
         )
     else:
         print(json.dumps(export_dcgan(args.run_dir, args.name, args.notes), indent=2))

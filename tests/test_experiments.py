@@ -81,7 +81,7 @@ def test_claims_hold_on_rows_that_satisfy_them():
     first = table[0]
     assert "m/n=0.1: Glow 20.0 vs Lasso-wavelet 18.0 (+2.0)" in first["ours"]
     assert first["why"] == "smallest margin +2.0 dB (m/n=0.1)"
-    assert "trained on MNIST without one class" in table[8]["why"]
+    assert "glowprior benchmark bias" in table[8]["why"]
 
 
 def test_a_failing_claim_says_where_and_by_how_much():
@@ -242,7 +242,8 @@ def test_committed_claims_table_matches_the_committed_benchmark_csvs():
     "args, message",
     [
         (["cs", "--datasets", "mnist,svhn"], "--datasets must be among"),
-        (["denoise", "--ratios", "0.2"], "--datasets and --ratios apply to the cs benchmark only"),
+        (["denoise", "--ratios", "0.2"], "--ratios applies to the cs and bias benchmarks only"),
+        (["bias", "--datasets", "mnist"], "--datasets applies to the cs benchmark only"),
         (["cs", "--sigmas", "0.1"], "--sigmas applies to the denoise benchmark only"),
         (["cs", "--ratios", "0.2,x"], "--ratios must be comma-separated numbers"),
     ],
