@@ -345,6 +345,9 @@ def _benchmark(args: argparse.Namespace) -> int:
     stem = args.name  # cs.csv, or cs_fashion_mnist-faces.csv for --datasets fashion_mnist,faces
     if datasets:
         stem = f"cs_{'-'.join(datasets)}"
+    if args.model != "mnist32":  # e.g. cs_natural32_natural-faces.csv, rows naming the model
+        stem = f"{args.name}_{args.model}" + (f"_{'-'.join(datasets)}" if datasets else "")
+        rows = [{"model": args.model, **row} for row in rows]
     csv_path = experiments.write_csv(rows, out / f"{stem}.csv")
     x_key = {"cs": "ratio", "denoise": "sigma", "inpaint": "method"}[args.name]
     if x_key != "method":

@@ -40,22 +40,28 @@ Row = dict[str, float | int | str]
 MethodFactory = Callable[[dinv.physics.Physics, torch.Tensor], dinv.models.Reconstructor]
 
 
-def evaluation_images(dataset: str, count: int, split: str = "test") -> torch.Tensor:
+def evaluation_images(
+    dataset: str, count: int, split: str = "test", channels: int = 1
+) -> torch.Tensor:
     """The first ``count`` images of a bundled dataset split, as one tensor ``(count, C, H, W)``.
 
-    ``dataset``: ``"mnist"``, ``"fashion_mnist"``, ``"natural"`` (grey 32x32 patches of held-out
-    photographs) or ``"faces"`` (skimage's LFW subset, grey, 32x32).
+    ``dataset``: ``"mnist"``, ``"fashion_mnist"``, ``"natural"`` (32x32 patches of held-out
+    photographs) or ``"faces"`` (skimage's LFW subset, 32x32). ``channels``: 1 (grey) or 3
+    (colour patches; grey images replicated), to match the prior's images.
     """
     from deepinv_glowprior import data
 
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}.")
+    color = channels == 3
     if dataset == "mnist":
         source = data.mnist(split)
     elif dataset == "fashion_mnist":
         source = data.fashion_mnist(split)
     elif dataset == "natural":
-        source = data.natural_patches(32, split, color=False)
+        source = data.natural_patches(32, split, color=color)
     elif dataset == "faces":
-        source = data.lfw_faces(32, color=False)
+        source = data.lfw_faces(32, color=color)
         offset = 0 if split == "test" else 50  # first 50 faces for testing, the rest for tuning
         return torch.stack([source[offset + i] for i in range(min(count, 50))])
     else:
@@ -64,7 +70,8 @@ def evaluation_images(dataset: str, count: int, split: str = "test") -> torch.Te
         )
     if count > len(source):
         raise ValueError(f"{dataset} {split} has {len(source)} images, fewer than {count}.")
-    return torch.stack([source[i] for i in range(count)])
+    images = torch.stack([source[i] for i in range(count)])
+    return images.expand(-1, channels, -1, -1).clone() if images.shape[1] == 1 else images
 
 
 def _glow_method(glow: Glow, **settings) -> MethodFactory:
@@ -200,15 +207,15 @@ def cs_experiment(
     ``dcgan``: the shipped DCGAN of the CSGM baseline, ``None`` to leave CSGM out;
     ``deep_decoder``: add the Deep Decoder baseline.
     """
-    rows = []
+    rows, channels = [], glow.img_size[0]
     settings = [(d, r) for d in datasets for r in ratios]
     for dataset, ratio in tqdm(settings, desc="cs", disable=not progress):
         physics = make_physics("cs", glow.img_size, seed=seed, ratio=ratio)
         rows += compare_methods(
             default_methods(glow, "cs", dcgan=dcgan, deep_decoder=deep_decoder),
             physics,
-            evaluation_images(dataset, num_images),
-            evaluation_images(dataset, num_images, "val"),
+            evaluation_images(dataset, num_images, channels=channels),
+            evaluation_images(dataset, num_images, "val", channels=channels),
             seed=seed,
             setting={"experiment": "cs", "dataset": dataset, "ratio": ratio},
         )
@@ -388,6 +395,11 @@ def _best_lasso(rows: list[Row], **where) -> tuple[str, float] | None:
     return max(found, key=lambda item: item[1]) if found else None
 
 
+def _of_model(rows: Iterable[Row], model: str) -> list[Row]:
+    """Rows of one prior; rows without a ``model`` column come from the shipped ``mnist32``."""
+    return [row for row in rows if str(row.get("model", "mnist32")) == model]
+
+
 def _cs_ratios(rows: list[Row], dataset: str, minimum: float) -> list[float]:
     ratios = {float(r["ratio"]) for r in _select(rows, experiment="cs", dataset=dataset)}
     return sorted(r for r in ratios if r >= minimum - 1e-9)
@@ -413,8 +425,13 @@ def _compare(
 
 
 def _cs_versus(
-    rows: list[Row], datasets: Sequence[str], minimum: float, other: str | None
+    rows: list[Row],
+    datasets: Sequence[str],
+    minimum: float,
+    other: str | None,
+    model: str = "mnist32",
 ) -> list[tuple[str, float, float, str]]:
+    rows, prefix = _of_model(rows, model), "" if model == "mnist32" else f"{model} on "
     pairs = []
     for dataset in datasets:
         for ratio in _cs_ratios(rows, dataset, minimum):
@@ -428,7 +445,7 @@ def _cs_versus(
             if glow is None or rival is None or rival[1] is None:
                 continue
             label = f"m/n={ratio:g}" if dataset == "mnist" else f"{dataset} m/n={ratio:g}"
-            pairs.append((label, glow, rival[1], rival[0]))
+            pairs.append((prefix + label, glow, rival[1], rival[0]))
     return pairs
 
 
@@ -457,10 +474,15 @@ def _claim_cs_deep_decoder(rows, tie_db):
 
 
 def _claim_cs_ood(rows, tie_db):
-    datasets = sorted({str(r["dataset"]) for r in _select(rows, experiment="cs")} - {"mnist"})
-    if not datasets:
+    cs = _select(rows, experiment="cs")
+    pairs = []
+    for model in sorted({str(r.get("model", "mnist32")) for r in cs}):
+        trained_on = "mnist" if model == "mnist32" else None  # natural32: every test set is new
+        datasets = sorted({str(r["dataset"]) for r in _of_model(cs, model)} - {trained_on})
+        pairs += _cs_versus(rows, datasets, 0.2, None, model)
+    if not pairs:
         return "", NOT_MEASURED, "no out-of-distribution cs rows (--datasets fashion_mnist,faces)"
-    return _compare(_cs_versus(rows, datasets, 0.2, None), -tie_db, strict=False)
+    return _compare(pairs, -tie_db, strict=False)
 
 
 def _denoise(rows, sigma):

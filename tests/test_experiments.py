@@ -251,3 +251,25 @@ def test_committed_claims_table_matches_the_committed_benchmark_csvs():
 def test_benchmark_option_errors_are_user_errors(args, message, capsys):
     assert main(["benchmark", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_out_of_distribution_claim_reads_each_model_on_its_own():
+    rows = _cs_rows({0.2: 25.0, 0.5: 30.0}, LASSO, dataset="fashion_mnist")
+    natural = _cs_rows({0.2: 20.0, 0.5: 17.0}, LASSO, dataset="faces")
+    rows += [{"model": "natural32", **row} for row in natural]
+    row = {r["claim"]: r for r in claims_table(rows)}["2"]
+    assert row["verdict"] == FAILS  # mnist32 holds on fashion_mnist, natural32 fails at 0.5
+    assert "natural32 on faces m/n=0.2: Glow 20.0 vs Lasso-wavelet 18.0" in row["ours"]
+    assert row["why"] == "fails at natural32 on faces m/n=0.5: Glow 17.0 dB, Lasso-wavelet 18.0 dB"
+    # mnist32 rows stay apart: the natural32 rows do not enter claim 1a
+    assert {r["claim"]: r for r in claims_table(rows)}["1a"]["verdict"] == NOT_MEASURED
+
+
+def test_evaluation_images_match_the_prior_channels():
+    grey = experiments.evaluation_images("mnist", 2)
+    colour = experiments.evaluation_images("mnist", 2, channels=3)
+    assert grey.shape == (2, 1, 32, 32) and colour.shape == (2, 3, 32, 32)
+    assert torch.equal(colour, grey.expand(-1, 3, -1, -1))
+    assert experiments.evaluation_images("natural", 2, channels=3).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+        experiments.evaluation_images("mnist", 2, channels=2)
