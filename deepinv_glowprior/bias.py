@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deepinv_glowprior.dcgan import CSGMReconstructor, DCGANGenerator
+from deepinv_glowprior.experiments import save_figure
 from deepinv_glowprior.glow import Glow
 from deepinv_glowprior.reconstructor import GlowReconstructor
 from deepinv_glowprior.tasks import make_physics
@@ -220,12 +221,7 @@ def plot_bias(rows: Sequence[Row], path: str | Path) -> Path:
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("PSNR (dB)")
     axes[-1].legend(fontsize=7)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def save_bias_grid(result: BiasResult, path: str | Path, ratio: float | None = None) -> Path:

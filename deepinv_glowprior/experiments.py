@@ -33,6 +33,7 @@ __all__ = [
     "plot_rows",
     "read_csv",
     "read_results",
+    "save_figure",
     "write_csv",
 ]
 
@@ -314,6 +315,13 @@ def plot_rows(rows: list[Row], x_key: str, path: str | Path, title: str = "") ->
         axis.set_title(f"{title} {dataset}".strip())
         axis.grid(alpha=0.3)
     axes[0, -1].legend(fontsize=7)
+    return save_figure(figure, path)
+
+
+def save_figure(figure, path: str | Path) -> Path:
+    """Save a matplotlib figure (tight layout, 110 dpi), creating the folder, and close it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
