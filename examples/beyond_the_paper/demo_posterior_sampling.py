@@ -25,7 +25,6 @@ from deepinv_glowprior import GlowPosteriorSampler, load_pretrained
 from deepinv_glowprior.data import mnist
 from deepinv_glowprior.tasks import centre_hole_mask, compressed_sensing, inpainting
 
-torch.set_num_threads(2)
 glow = load_pretrained("mnist32")
 test_set = mnist("test")
 x = torch.stack([test_set[i] for i in range(3)])
