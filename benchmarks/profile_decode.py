@@ -1,0 +1,93 @@
+"""Where a latent-space solve spends its time: one Glow decode + backward, profiled by operator.
+
+Every solver iteration costs one decode of the batch's latents and one backward pass; this script
+profiles that unit on a shipped Glow and prints the share of convolutions, of the 1x1
+convolutions' LU algebra (what caching their inverses could save) and of everything else, with
+oneDNN off (``GlowReconstructor(batch_invariant=True)``, the default) and on.
+
+Usage::
+
+    python benchmarks/profile_decode.py --batch 8 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from deepinv_glowprior import load_pretrained
+
+# Operator-name prefixes (after "aten::"); the LU group is the 1x1 convolutions' weight algebra.
+GROUPS = {
+    "convolutions": ("_slow_conv2d", "mkldnn_convolution", "convolution", "_convolution", "conv2d"),
+    "1x1-conv LU algebra": (
+        "linalg_lu",
+        "lu_unpack",
+        "_lu_with_info",
+        "linalg_inv",
+        "inverse",
+        "mm",
+        "tril",
+        "triu",
+        "linalg_solve",
+    ),
+}
+
+
+def _profile(glow, z: torch.Tensor, repeats: int) -> tuple[dict[str, float], float]:
+    def step() -> None:
+        z.grad = None
+        glow.decode(z).pow(2).sum().backward()
+
+    for _ in range(2):
+        step()
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            step()
+    seconds = (time.perf_counter() - started) / repeats
+    shares = dict.fromkeys(GROUPS, 0.0)
+    total = 0.0
+    for event in prof.key_averages():
+        total += event.self_cpu_time_total
+        name = event.key.removeprefix("aten::")
+        for group, prefixes in GROUPS.items():
+            if name.startswith(prefixes):
+                shares[group] += event.self_cpu_time_total
+                break
+    shares = {group: value / total for group, value in shares.items()}
+    shares["other"] = 1.0 - sum(shares.values())
+    return shares, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="mnist32")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", category=UserWarning)
+    torch.set_num_threads(args.threads)
+    glow = load_pretrained(args.model).eval().requires_grad_(False)
+    z = 0.5 * torch.randn(args.batch, glow.latent_dim, generator=torch.Generator().manual_seed(0))
+    z.requires_grad_(True)
+    was_enabled = torch.backends.mkldnn.enabled
+    try:
+        for label, onednn in (("batch-invariant (oneDNN off)", False), ("oneDNN on", True)):
+            torch.backends.mkldnn.enabled = onednn
+            shares, seconds = _profile(glow, z, args.repeats)
+            parts = ", ".join(f"{group} {share:.0%}" for group, share in shares.items())
+            print(
+                f"{label:30s} {seconds * 1e3:7.1f} ms per decode+backward of {args.batch}: {parts}"
+            )
+    finally:
+        torch.backends.mkldnn.enabled = was_enabled
+
+
+if __name__ == "__main__":
+    main()
