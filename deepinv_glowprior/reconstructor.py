@@ -150,7 +150,9 @@ class GlowReconstructor(Reconstructor):
         :math:`m < n`) the optimiser's path amplifies those last-bit differences into visibly
         different reconstructions. The price: oneDNN / cuDNN convolutions are switched off
         during the solve (about 30% slower on CPU) and ``physics.A`` is applied sample by
-        sample (unless the physics holds per-sample parameters).
+        sample (unless the physics holds per-sample parameters). The switch is torch's global
+        backend flag, restored after the solve: other threads of the process running
+        convolutions meanwhile also get the native kernels (slower, same results).
     :param bool progress: show progress bars.
 
     |sep|
