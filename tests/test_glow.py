@@ -25,15 +25,6 @@ TINY = {"img_size": (2, 4, 4), "levels": 2, "steps": 2, "hidden_channels": 8}
 SMALL = {"img_size": (1, 8, 8), "levels": 2, "steps": 2, "hidden_channels": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the tests share two cores with other work, and tiny ops gain nothing."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _quiet_and_seeded():
     """Seed every test and silence torch's deprecation chatter (torch.lu inside normflows)."""

@@ -7,7 +7,6 @@ SKRock with GlowPrior, and input errors."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import deepinv as dinv
 import pytest
@@ -22,22 +21,7 @@ IMG = TINY["img_size"]
 N = math.prod(IMG)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the tests share two cores with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _seeded_and_quiet():
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.lu.*")
-        warnings.filterwarnings("ignore", message=".*lu_unpack.*")
-        yield
+pytestmark = pytest.mark.usefixtures("seeded_and_quiet")
 
 
 @pytest.fixture(scope="module")
