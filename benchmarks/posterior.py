@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--map-iter", type=int, default=100)
     parser.add_argument("--inpainting-sigma", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--preconditioner", choices=("diagonal", "laplace"), default="diagonal")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*torch.lu.*")
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             burn_in=args.burn_in,
             thinning=args.thinning,
             map_iter=args.map_iter,
+            preconditioner=args.preconditioner,
         )
         started = time.perf_counter()
         out = sampler.sample(y, physics)
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         results[task] = row
         print(
             f"== {task}: {args.images} images, {out.samples.shape[0]} samples each, "
-            f"sigma={out.sigma:.4g}, {args.method}, threads={args.threads}"
+            f"sigma={out.sigma:.4g}, {args.method}, {args.preconditioner} preconditioner, "
+            f"threads={args.threads}"
         )
         for key, value in row.items():
             print(f"  {key:20s} {value:10.4f}")
