@@ -48,6 +48,12 @@ def _add_train_parser(subparsers) -> None:
         help="coupling layer: affine (bounded log-scale) or additive (volume preserving)",
     )
     model.add_argument("--scale-bound", type=float, default=2.0, help="affine log-scale bound")
+    model.add_argument(
+        "--shift-bound",
+        type=float,
+        default=None,
+        help="affine shift bound c (shift -> c tanh(shift / c)); default: unbounded",
+    )
     model.add_argument("--n-bits", type=int, default=8, help="quantisation bits of the data")
     run = parser.add_argument_group("optimisation")
     run.add_argument("--iterations", type=int, default=5000, help="optimiser steps in total")
@@ -261,6 +267,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             hidden_channels=args.hidden_channels,
             coupling=args.coupling,
             scale_bound=args.scale_bound,
+            shift_bound=args.shift_bound,
             n_bits=args.n_bits,
         )
         command = "glowprior " + " ".join(shlex.quote(a) for a in argv)

@@ -46,6 +46,9 @@ class GlowConfig:
     :param int n_bits: bits per pixel of the training data after quantisation (8 for raw images,
         5 as in the paper's CelebA model).
     :param bool use_lu: LU-parametrised 1x1 convolutions.
+    :param float | None shift_bound: bound :math:`c` of the affine shift, :math:`t \mapsto
+        c\tanh(t/c)`, or ``None`` (unbounded, as in Glow). Bounded shifts stop one coupling's
+        large output from feeding the next ones on images far from the data.
     """
 
     img_size: tuple[int, int, int] = (1, 32, 32)
@@ -56,6 +59,7 @@ class GlowConfig:
     scale_bound: float = 2.0
     n_bits: int = 8
     use_lu: bool = True
+    shift_bound: float | None = None
 
     def __post_init__(self) -> None:
         size = tuple(self.img_size)
@@ -79,24 +83,35 @@ class GlowConfig:
             raise ValueError(f"coupling must be one of {_COUPLINGS}, got {self.coupling!r}.")
         if not (isinstance(self.scale_bound, (int, float)) and 0 < self.scale_bound < math.inf):
             raise ValueError(f"scale_bound must be a finite number > 0, got {self.scale_bound!r}.")
+        if self.shift_bound is not None:
+            if not (isinstance(self.shift_bound, (int, float)) and 0 < self.shift_bound < math.inf):
+                raise ValueError(
+                    f"shift_bound must be a finite number > 0 or None, got {self.shift_bound!r}."
+                )
+            if self.coupling != "affine":
+                raise ValueError("shift_bound applies to affine couplings; use coupling='affine'.")
         if not (isinstance(self.n_bits, int) and 1 <= self.n_bits <= 8):
             raise ValueError(f"n_bits must be an int in [1, 8], got {self.n_bits!r}.")
 
 
 class _BoundedLogScale(nn.Module):
-    r"""Wraps a coupling network so that its log-scale outputs are soft-clamped to :math:`\pm b`.
+    r"""Wraps a coupling network so that its log-scale outputs are soft-clamped to :math:`\pm b`
+    (and its shifts to :math:`\pm c` when ``shift_bound`` is given).
 
     normflows' ``AffineCoupling`` reads shifts from channels ``0::2`` and log-scales from ``1::2``.
     """
 
-    def __init__(self, net: nn.Module, bound: float) -> None:
+    def __init__(self, net: nn.Module, bound: float, shift_bound: float | None = None) -> None:
         super().__init__()
         self.net = net
         self.bound = float(bound)
+        self.shift_bound = None if shift_bound is None else float(shift_bound)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         params = self.net(h)
         shift, raw_log_scale = params[:, 0::2], params[:, 1::2]
+        if self.shift_bound is not None:
+            shift = self.shift_bound * torch.tanh(shift / self.shift_bound)
         log_scale = self.bound * torch.tanh(raw_log_scale / self.bound)
         return torch.stack((shift, log_scale), dim=2).flatten(1, 2)
 
@@ -114,7 +129,9 @@ def _flow_step(channels: int, config: GlowConfig) -> nf.flows.GlowBlock:
     )
     if affine:
         coupling = block.flows[0].flows[1]
-        coupling.param_map = _BoundedLogScale(coupling.param_map, config.scale_bound)
+        coupling.param_map = _BoundedLogScale(
+            coupling.param_map, config.scale_bound, config.shift_bound
+        )
     return block
 
 
@@ -197,6 +214,7 @@ class Glow(nn.Module):
     :param int hidden_channels: coupling network width.
     :param str coupling: ``"affine"`` or ``"additive"``.
     :param float scale_bound: bound of the affine log-scale.
+    :param float | None shift_bound: bound of the affine shift (``None``: unbounded).
     :param int n_bits: quantisation bits of the training data.
     :param bool use_lu: LU-parametrised 1x1 convolutions.
     :param GlowConfig config: a full configuration instead of the keyword arguments.
@@ -226,6 +244,7 @@ class Glow(nn.Module):
         scale_bound: float = 2.0,
         n_bits: int = 8,
         use_lu: bool = True,
+        shift_bound: float | None = None,
         *,
         config: GlowConfig | None = None,
     ) -> None:
@@ -240,6 +259,7 @@ class Glow(nn.Module):
                 scale_bound=scale_bound,
                 n_bits=n_bits,
                 use_lu=use_lu,
+                shift_bound=shift_bound,
             )
         self.config = config
         self.squeeze = nf.flows.Squeeze()

@@ -117,6 +117,36 @@ def test_decode_logdet_matches_autograd_jacobian():
         torch.testing.assert_close(logdet[i], torch.linalg.slogdet(jac)[1], atol=1e-8, rtol=1e-8)
 
 
+def test_shift_bound_bounds_every_shift_and_keeps_the_flow_exact(tmp_path):
+    from deepinv_glowprior.glow import _BoundedLogScale
+
+    model, x = make_model({**TINY, "shift_bound": 0.05}, dtype=torch.float64)
+    shifts = []
+    for module in model.modules():
+        if isinstance(module, _BoundedLogScale):
+            module.register_forward_hook(lambda m, i, out: shifts.append(out[:, 0::2]))
+    z, logdet = model.encode(10 * x, check_range=False)  # far from the data: large raw shifts
+    assert max(float(t.abs().max()) for t in shifts) <= 0.05
+    torch.testing.assert_close(model.decode(z), 10 * x, atol=1e-8, rtol=0)
+    unbounded, _ = make_model(TINY, dtype=torch.float64)
+    unbounded.load_state_dict(model.state_dict())
+    assert (unbounded.encode(10 * x, check_range=False)[0] - z).abs().max() > 1e-3
+    path = model.save(tmp_path / "bounded.pt")
+    assert Glow.load(path).config.shift_bound == 0.05
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"shift_bound": 0.0}, "shift_bound must be"),
+        ({"shift_bound": 1.0, "coupling": "additive"}, "applies to affine"),
+    ],
+)
+def test_shift_bound_is_validated(options, match):
+    with pytest.raises(ValueError, match=match):
+        GlowConfig(**options)
+
+
 def test_additive_coupling_has_no_coupling_logdet():
     """With additive couplings only ActNorm and the 1x1 convs contribute: logdet is constant."""
     model, x = make_model({**TINY, "coupling": "additive"}, dtype=torch.float64)
