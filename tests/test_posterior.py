@@ -57,6 +57,16 @@ def exact_denoising_posterior(glow: Glow, y: torch.Tensor, sigma: float):
     return mean_x.view(IMG).float(), std_x.view(IMG).float()
 
 
+def affine_denoising_problem(glow: Glow, sigma: float = 0.05):
+    """Physics, a measurement of a random image of the affine ``glow``, and the exact posterior
+    pixel mean and std."""
+    physics = dinv.physics.Denoising(dinv.physics.GaussianNoise(sigma))
+    with torch.no_grad():
+        latent = 0.3 * torch.randn(1, N, generator=torch.Generator().manual_seed(3))
+        y = physics(glow.decode(latent))
+    return (physics, y, *exact_denoising_posterior(glow, y, sigma))
+
+
 def gaussian_potential(mean: torch.Tensor, precision: torch.Tensor):
     return lambda z: 0.5 * ((z - mean).pow(2) * precision).sum(dim=1)
 
@@ -213,12 +223,7 @@ def test_split_rhat_edge_cases_and_errors():
 
 # -- the Glow posterior sampler -------------------------------------------------------------
 def test_sampler_matches_the_exact_posterior_of_an_affine_glow(affine_glow):
-    sigma = 0.05
-    physics = dinv.physics.Denoising(dinv.physics.GaussianNoise(sigma))
-    with torch.no_grad():
-        latent = 0.3 * torch.randn(1, N, generator=torch.Generator().manual_seed(3))
-        y = physics(affine_glow.decode(latent))
-    mean, std = exact_denoising_posterior(affine_glow, y, sigma)
+    physics, y, mean, std = affine_denoising_problem(affine_glow)
     sampler = GlowPosteriorSampler(
         affine_glow, chains=64, draws=20, burn_in=100, thinning=5, map_iter=50
     )
@@ -259,12 +264,7 @@ def test_laplace_map_whitens_the_gauss_newton_precision(glow):
 
 
 def test_laplace_preconditioner_samples_the_exact_affine_posterior(affine_glow):
-    sigma = 0.05
-    physics = dinv.physics.Denoising(dinv.physics.GaussianNoise(sigma))
-    with torch.no_grad():
-        latent = 0.3 * torch.randn(1, N, generator=torch.Generator().manual_seed(3))
-        y = physics(affine_glow.decode(latent))
-    mean, std = exact_denoising_posterior(affine_glow, y, sigma)
+    physics, y, mean, std = affine_denoising_problem(affine_glow)
     sampler = GlowPosteriorSampler(
         affine_glow, chains=16, draws=25, burn_in=30, map_iter=50, preconditioner="laplace"
     )
