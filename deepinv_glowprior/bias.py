@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deepinv_glowprior.dcgan import CSGMReconstructor, DCGANGenerator
-from deepinv_glowprior.experiments import save_figure
+from deepinv_glowprior.experiments import save_figure, save_grid
 from deepinv_glowprior.glow import Glow
 from deepinv_glowprior.reconstructor import GlowReconstructor
 from deepinv_glowprior.tasks import make_physics
@@ -236,16 +236,4 @@ def save_bias_grid(result: BiasResult, path: str | Path, ratio: float | None = N
             panels[f"{method} ({training})\nprojection"] = x_hat
         elif ratio is not None and abs(r - ratio) < 1e-9:
             panels[f"{method} ({training})\nCS m/n={r:g}"] = x_hat
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dinv.utils.plot(
-        [x.clamp(0, 1).cpu() for x in panels.values()],
-        titles=list(panels),
-        save_fn=path,
-        rescale_mode="clip",
-        show=False,
-        close=True,
-        dpi=110,
-        fontsize=6,
-    )
-    return path
+    return save_grid(panels, path)

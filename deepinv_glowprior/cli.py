@@ -348,7 +348,8 @@ def _benchmark(args: argparse.Namespace) -> int:
             options["ratios"] = ratios
     if sigmas:
         options["sigmas"] = sigmas
-    rows = experiments.EXPERIMENTS[args.name](glow, **options)
+    galleries: dict = {}
+    rows = experiments.EXPERIMENTS[args.name](glow, galleries=galleries, **options)
     stem = args.name  # cs.csv, or cs_fashion_mnist-faces.csv for --datasets fashion_mnist,faces
     if datasets:
         stem = f"cs_{'-'.join(datasets)}"
@@ -359,6 +360,11 @@ def _benchmark(args: argparse.Namespace) -> int:
     x_key = {"cs": "ratio", "denoise": "sigma", "inpaint": "method"}[args.name]
     if x_key != "method":
         experiments.plot_rows(rows, x_key, out / f"{stem}.png", title=args.name)
+    label = list(galleries)[len(galleries) // 2]  # a middle setting: m/n or sigma
+    experiments.save_grid(
+        {"truth" if k == "truth" else f"{k}\n{label}": v for k, v in galleries[label].items()},
+        out / f"{stem}_grid.png",
+    )
     print(format_table(rows))
     print(f"table: {csv_path}")
     return 0

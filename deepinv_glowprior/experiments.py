@@ -34,6 +34,7 @@ __all__ = [
     "read_csv",
     "read_results",
     "save_figure",
+    "save_grid",
     "write_csv",
 ]
 
@@ -160,16 +161,22 @@ def compare_methods(
     validation_images: torch.Tensor,
     seed: int = 0,
     setting: Row | None = None,
+    gallery: dict[str, torch.Tensor] | None = None,
 ) -> list[Row]:
     """Mean PSNR/SSIM and seconds of each method on ``test_images`` measured by ``physics``.
 
     Baselines tune their parameters on ``validation_images`` only. The measurement row is the
     clamped pseudo-inverse :math:`A^\\dagger y`.
+
+    ``gallery``, when given, receives the test images (``"truth"``) and each method's
+    reconstructions, for :func:`save_grid`.
     """
     psnr, ssim = dinv.metric.PSNR(), dinv.metric.SSIM()
     torch.manual_seed(seed)
     y = physics(test_images)
     rows = []
+    if gallery is not None:
+        gallery["truth"] = test_images
     candidates = {"A^+ y": None, **methods}
     for name, factory in candidates.items():
         started = time.perf_counter()
@@ -180,6 +187,8 @@ def compare_methods(
             with torch.no_grad():
                 x_hat = model(y, physics)
         seconds = time.perf_counter() - started
+        if gallery is not None:
+            gallery[name] = x_hat.detach()
         rows.append(
             {
                 **(setting or {}),
@@ -202,11 +211,13 @@ def cs_experiment(
     progress: bool = True,
     dcgan: str | None = DCGAN_NAME,
     deep_decoder: bool = False,
+    galleries: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> list[Row]:
     """Compressive sensing PSNR against :math:`m/n` for Glow, CSGM and the baselines, per dataset.
 
     ``dcgan``: the shipped DCGAN of the CSGM baseline, ``None`` to leave CSGM out;
-    ``deep_decoder``: add the Deep Decoder baseline.
+    ``deep_decoder``: add the Deep Decoder baseline; ``galleries``: filled with one gallery of
+    images per setting (see :func:`compare_methods`), keyed like ``"mnist m/n=0.2"``.
     """
     rows, channels = [], glow.img_size[0]
     settings = [(d, r) for d in datasets for r in ratios]
@@ -219,6 +230,7 @@ def cs_experiment(
             evaluation_images(dataset, num_images, "val", channels=channels),
             seed=seed,
             setting={"experiment": "cs", "dataset": dataset, "ratio": ratio},
+            gallery=_gallery(galleries, f"{dataset} m/n={ratio:g}"),
         )
     return rows
 
@@ -231,8 +243,10 @@ def denoise_experiment(
     progress: bool = True,
     dcgan: str | None = DCGAN_NAME,
     deep_decoder: bool = False,
+    galleries: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> list[Row]:
-    """Denoising PSNR at each noise level: Glow with ``gamma="auto"``, CSGM, baselines, BM3D."""
+    """Denoising PSNR at each noise level: Glow with ``gamma="auto"``, CSGM, baselines, BM3D
+    (``galleries`` as in :func:`cs_experiment`, keyed ``"sigma=0.1"``)."""
     rows = []
     for sigma in tqdm(sigmas, desc="denoise", disable=not progress):
         physics = make_physics("denoising", glow.img_size, sigma=sigma)
@@ -246,6 +260,7 @@ def denoise_experiment(
             evaluation_images("mnist", num_images, "val"),
             seed=seed,
             setting={"experiment": "denoise", "dataset": "mnist", "sigma": sigma},
+            gallery=_gallery(galleries, f"sigma={sigma:g}"),
         )
     return rows
 
@@ -258,8 +273,10 @@ def inpaint_experiment(
     progress: bool = True,
     dcgan: str | None = DCGAN_NAME,
     deep_decoder: bool = False,
+    galleries: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> list[Row]:
-    """Centre-hole inpainting (30% of the side): Glow at each gamma, CSGM, and the baselines."""
+    """Centre-hole inpainting (30% of the side): Glow at each gamma, CSGM, and the baselines
+    (``galleries`` as in :func:`cs_experiment`, keyed ``"centre hole"``)."""
     physics = make_physics("inpainting", glow.img_size, side_fraction=0.3)
     test, validation = (
         evaluation_images("mnist", num_images),
@@ -276,7 +293,34 @@ def inpaint_experiment(
         validation,
         seed=seed,
         setting={"experiment": "inpaint", "dataset": "mnist"},
+        gallery=_gallery(galleries, "centre hole"),
     )
+
+
+def _gallery(galleries: dict | None, label: str) -> dict[str, torch.Tensor] | None:
+    if galleries is None:
+        return None
+    galleries[label] = {}
+    return galleries[label]
+
+
+def save_grid(panels: dict[str, torch.Tensor], path: str | Path, max_images: int = 4) -> Path:
+    """Image grid: one column per entry of ``panels`` (title: its key), one row per image (at
+    most ``max_images``), values clipped to [0, 1]."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dinv.utils.plot(
+        [x[:max_images].detach().clamp(0, 1).cpu() for x in panels.values()],
+        titles=list(panels),
+        save_fn=path,
+        rescale_mode="clip",
+        show=False,
+        close=True,
+        dpi=110,
+        fontsize=6,
+        max_imgs=max_images,
+    )
+    return path
 
 
 EXPERIMENTS = {"cs": cs_experiment, "denoise": denoise_experiment, "inpaint": inpaint_experiment}

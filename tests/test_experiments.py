@@ -177,7 +177,7 @@ def test_shipped_dcgan_is_wired_by_default(glow32):
     assert "CSGM" in experiments.default_methods(glow32, "cs")
 
 
-def test_benchmark_reports_csgm_beside_glow(glow32, monkeypatch):
+def test_benchmark_reports_csgm_beside_glow(glow32, monkeypatch, tmp_path):
     """The cs experiment end to end on 2 images, with the slow methods replaced by stubs."""
 
     class Constant(torch.nn.Module):
@@ -201,8 +201,16 @@ def test_benchmark_reports_csgm_beside_glow(glow32, monkeypatch):
     rows = experiments.cs_experiment(glow32, ratios=(0.2,), num_images=2, progress=False)
     assert [row["method"] for row in rows] == ["A^+ y", "Glow", "CSGM"]
     assert all(row["ratio"] == 0.2 and row["images"] == 2 for row in rows)
-    rows = experiments.inpaint_experiment(glow32, gammas=(0.0,), num_images=2, progress=False)
+    galleries = {}
+    rows = experiments.inpaint_experiment(
+        glow32, gammas=(0.0,), num_images=2, progress=False, galleries=galleries
+    )
     assert [row["method"] for row in rows] == ["A^+ y", "Glow gamma=0", "CSGM"]
+    gallery = galleries["centre hole"]
+    assert list(gallery) == ["truth", "A^+ y", "Glow gamma=0", "CSGM"]
+    assert torch.equal(gallery["truth"], images)
+    assert torch.equal(gallery["CSGM"], torch.full((2, 1, 32, 32), 0.1))
+    assert experiments.save_grid(gallery, tmp_path / "grid.png").stat().st_size > 2000
 
 
 def test_claims_command_reads_the_benchmark_csvs(tmp_path, capsys):
