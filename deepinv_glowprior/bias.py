@@ -16,6 +16,7 @@ recovers from :math:`m` Gaussian measurements.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,7 @@ def bias_images(left_out: Sequence[int], count: int) -> dict[str, torch.Tensor]:
     from deepinv_glowprior import data
 
     left_out = tuple(left_out)
-    if not left_out or any(not (0 <= d <= 9) for d in left_out):
+    if not left_out or any(not isinstance(d, int) or not 0 <= d <= 9 for d in left_out):
         raise ValueError(f"left_out must name digits in 0..9, got {left_out!r}.")
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}.")
@@ -145,8 +146,9 @@ def bias_experiment(
     >>> [(row["digits"], row["task"]) for row in result.rows]
     [('left out 7', 'projection'), ('left out 7', 'cs'), ('seen', 'projection'), ('seen', 'cs')]
     """
-    import time
-
+    priors = list(priors)
+    if not priors or not all(isinstance(p, BiasPrior) for p in priors):
+        raise TypeError("priors must be a non-empty sequence of BiasPrior.")
     psnr, ssim = dinv.metric.PSNR(), dinv.metric.SSIM()
     images = bias_images(left_out, num_images)
     label = "left out " + ",".join(str(d) for d in left_out)

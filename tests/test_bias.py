@@ -43,10 +43,17 @@ def test_groups_hold_left_out_and_seen_digits():
     assert torch.equal(images["seen"], torch.stack([test[i] for i in others]))
 
 
-@pytest.mark.parametrize(("left_out", "count"), [((), 2), ((10,), 2), ((7,), 0)])
+@pytest.mark.parametrize(("left_out", "count"), [((), 2), ((10,), 2), (("7",), 2), ((7,), 0)])
 def test_bad_groups_are_refused(left_out, count):
     with pytest.raises(ValueError, match="left_out|count"):
         bias.bias_images(left_out, count)
+
+
+def test_priors_must_be_bias_priors(small_priors):
+    with pytest.raises(TypeError, match="BiasPrior"):
+        bias.bias_experiment([], progress=False)
+    with pytest.raises(TypeError, match="BiasPrior"):
+        bias.bias_experiment([small_priors[0].model], progress=False)
 
 
 def test_a_prior_must_match_its_method(small_priors):
