@@ -18,6 +18,7 @@ __all__ = [
     "check_path",
     "check_positive_int",
     "check_same_device",
+    "check_tensor_batch",
 ]
 
 
@@ -158,12 +159,17 @@ def check_path(path: object, *, name: str = "path") -> None:
         )
 
 
+def check_tensor_batch(y: object, name: str = "y") -> None:
+    """``y`` is a non-empty tensor batch ``(B, ...)``."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}.")
+    if y.dim() < 2 or y.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty batch (B, ...), got shape {tuple(y.shape)}.")
+
+
 def check_measurement_batch(y: object, physics: object) -> None:
     """``y`` is a non-empty tensor batch ``(B, ...)`` and ``physics`` has an ``A`` method."""
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}.")
-    if y.dim() < 2 or y.shape[0] == 0:
-        raise ValueError(f"y must be a non-empty batch (B, ...), got shape {tuple(y.shape)}.")
+    check_tensor_batch(y)
     if not callable(getattr(physics, "A", None)):
         raise TypeError(f"physics must be a deepinv Physics with an A method, got {physics!r}.")
 

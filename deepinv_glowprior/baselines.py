@@ -21,6 +21,7 @@ from deepinv_glowprior._checks import (
     check_finite_tensor,
     check_image_batch,
     check_nonnegative_number,
+    check_tensor_batch,
 )
 
 __all__ = [
@@ -48,10 +49,7 @@ ITERATIONS = ("FISTA", "PGD")
 
 def _check_measurements(y: object, physics: object) -> torch.Tensor:
     """Check ``y`` against ``physics`` and return :math:`A^\\top y` (the solvers' start)."""
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}.")
-    if y.dim() < 2 or y.shape[0] == 0:
-        raise ValueError(f"y must be a non-empty batch (B, ...), got shape {tuple(y.shape)}.")
+    check_tensor_batch(y)
     if not callable(getattr(physics, "A_adjoint", None)):
         raise TypeError(f"physics must be a deepinv LinearPhysics, got {type(physics).__name__}.")
     check_finite_tensor(y, name="y")

@@ -155,34 +155,37 @@ def bias_experiment(
     tasks = [("projection", 1.0)] + [("cs", float(r)) for r in ratios]
     rows: list[Row] = []
     reconstructions: dict[str, dict] = {group: {} for group in images}
-    settings = [(g, t, r, p) for g in images for t, r in tasks for p in priors]
-    for group, task, ratio, prior in tqdm(settings, desc="bias", disable=not progress):
-        x = images[group]
-        if task == "projection":
-            physics = _projection()
-        else:
-            physics = make_physics("cs", tuple(x.shape[1:]), seed=seed, ratio=ratio)
-        torch.manual_seed(seed)
-        y = physics(x)
-        started = time.perf_counter()
-        with torch.no_grad():
-            x_hat = prior.reconstructor(restarts)(y, physics)
-        seconds = time.perf_counter() - started
-        reconstructions[group][(prior.method, prior.training, task, ratio)] = x_hat
-        rows.append(
-            {
-                "experiment": "bias",
-                "training": prior.training,
-                "digits": label if group == "left out" else "seen",
-                "task": task,
-                "ratio": ratio,
-                "method": prior.method,
-                "psnr": round(float(psnr(x_hat, x).mean()), 3),
-                "ssim": round(float(ssim(x_hat, x).mean()), 4),
-                "seconds": round(seconds, 2),
-                "images": len(x),
-            }
-        )
+    bar = tqdm(total=len(images) * len(tasks) * len(priors), desc="bias", disable=not progress)
+    for group, x in images.items():
+        for task, ratio in tasks:  # one physics and measurement, shared by every prior
+            if task == "projection":
+                physics = _projection()
+            else:
+                physics = make_physics("cs", tuple(x.shape[1:]), seed=seed, ratio=ratio)
+            torch.manual_seed(seed)
+            y = physics(x)
+            for prior in priors:
+                started = time.perf_counter()
+                with torch.no_grad():
+                    x_hat = prior.reconstructor(restarts)(y, physics)
+                seconds = time.perf_counter() - started
+                reconstructions[group][(prior.method, prior.training, task, ratio)] = x_hat
+                rows.append(
+                    {
+                        "experiment": "bias",
+                        "training": prior.training,
+                        "digits": label if group == "left out" else "seen",
+                        "task": task,
+                        "ratio": ratio,
+                        "method": prior.method,
+                        "psnr": round(float(psnr(x_hat, x).mean()), 3),
+                        "ssim": round(float(ssim(x_hat, x).mean()), 4),
+                        "seconds": round(seconds, 2),
+                        "images": len(x),
+                    }
+                )
+                bar.update()
+    bar.close()
     return BiasResult(rows, images, reconstructions)
 
 

@@ -439,15 +439,15 @@ class GlowPosteriorSampler(Reconstructor):
             z_map = solution.z.detach().repeat(chains, 1)
             to_latent, metric, step_size = (lambda w: w), None, sigma**2 / 10
             if self.preconditioner == "laplace":
-                to_latent = self._laplace_map(solution.z.detach(), physics, sigma)
-                z0 = torch.zeros_like(z_map)
-                step_size = 0.1  # the whitened posterior has unit scale
+                to_latent = self._laplace_map(solution.z.detach(), physics, sigma, y[0].numel())
+                z0, spread = torch.zeros_like(z_map), 1.0  # the whitened posterior: unit scale
+                step_size = 0.1
             else:
                 metric = self._metric(z_map, batch, physics, y_chains, sigma, generator)
-                z0 = z_map
-            if self.jitter and (metric is not None or self.preconditioner == "laplace"):
+                z0, spread = z_map, None if metric is None else metric.sqrt()
+            if self.jitter and spread is not None:
                 noise = torch.randn(z_map.shape, generator=generator, device=device).to(z_map)
-                z0 = z0 + (noise if metric is None else metric.sqrt() * noise)
+                z0 = z0 + spread * noise
             run = langevin(
                 lambda w: potential(to_latent(w)),
                 z0,
@@ -495,16 +495,13 @@ class GlowPosteriorSampler(Reconstructor):
         )
 
     def _laplace_map(
-        self, z_map: torch.Tensor, physics, sigma: float
+        self, z_map: torch.Tensor, physics, sigma: float, m: int
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         r"""The map :math:`w \mapsto z_{\mathrm{MAP}} + L^{-\top} w` of each image's chains
         (rows ordered chain-major, like the chains), :math:`LL^\top = (AJ)^\top AJ/\sigma^2 + I`
         at :math:`z_{\mathrm{MAP}}` (``(B, n)``), :math:`AJ` built row by row: the gradient of
-        measurement :math:`i` is one backward pass."""
+        measurement :math:`i` (of ``m`` per image) is one backward pass."""
         batch, n = z_map.shape
-        with torch.no_grad():
-            x, _ = self.glow._decode(z_map[:1])
-            m = physics.A(x).numel()
         copies = max(1, self.jacobian_chunk // batch)  # measurements per backward pass
         rows = []
         with torch.enable_grad():

@@ -247,7 +247,7 @@ def test_laplace_map_whitens_the_gauss_newton_precision(glow):
     )
     z_map = 0.3 * torch.randn(2, N, generator=torch.Generator().manual_seed(1))
     sampler = GlowPosteriorSampler(glow, chains=3, preconditioner="laplace", jacobian_chunk=7)
-    to_latent = sampler._laplace_map(z_map, physics, sigma)
+    to_latent = sampler._laplace_map(z_map, physics, sigma, 20)
     assert torch.equal(to_latent(torch.zeros(6, N)), z_map.repeat(3, 1))
     for image in range(2):
         measure = lambda v: physics.A(glow.decode(v[None])).flatten()  # noqa: E731
