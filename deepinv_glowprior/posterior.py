@@ -291,7 +291,13 @@ class GlowPosteriorSampler(Reconstructor):
     Each measurement gets ``chains`` Langevin chains (:func:`langevin`: MALA with step sizes
     adapted during burn-in, or ULA) started at the MAP plus a draw of :math:`\mathcal{N}(0, M)`
     (``jitter``; over-dispersed starts make :math:`\hat R` meaningful), and the whole batch runs
-    as one batch of ``B * chains`` latents. Samples are clamped to [0, 1]; their mean is what
+    as one batch of ``B * chains`` latents. Samples are clamped to [0, 1] and, with ``quantize``
+    (the default), put on the grid of the Glow's training data: a sample :math:`x` becomes
+    :math:`k/(2^b - 1)` with :math:`k = \lfloor 2^b x \rfloor` its bin (:math:`b` =
+    ``n_bits``). The Glow is a density of dequantised data, :math:`(k + u)/2^b`, so this is the
+    posterior of the discrete :math:`b`-bit image, on the scale of the data it was trained on
+    (8-bit images as :math:`k/255`); without it, pixels of an 8-bit image sit half a bin off
+    and a credible interval can never contain an exact 0. Their mean is what
     :meth:`forward` returns, so the sampler is a deepinv ``Reconstructor`` (e.g. for
     :func:`deepinv.test`).
 
@@ -323,6 +329,13 @@ class GlowPosteriorSampler(Reconstructor):
     :param int jacobian_chunk: latents per backward pass of the Laplace preconditioner (memory).
     :param bool jitter: start the chains at the MAP plus a draw of :math:`\mathcal{N}(0, M)`
         (with a preconditioner), rather than all at the MAP.
+    :param bool quantize: return samples (and the MAP) on the ``n_bits`` grid of the training
+        data (see above); ``False`` keeps :math:`G(z)` clamped to [0, 1], for images that are
+        not quantised.
+    :param float temperature: scale :math:`T` of the latent prior, :math:`z \sim
+        \mathcal{N}(0, T^2 I)`: :math:`\|z\|^2/2` becomes :math:`\|z\|^2/(2T^2)` in
+        :math:`U` (and :math:`\gamma = \sigma^2/T^2` in the MAP). ``1`` is the Glow's own
+        prior; Glow samples look best near ``0.7``.
     :param int seed: seed of the chains' random numbers.
     :param bool progress: show progress bars.
 
@@ -359,6 +372,8 @@ class GlowPosteriorSampler(Reconstructor):
         preconditioner: str = "diagonal",
         jacobian_chunk: int = 64,
         jitter: bool = True,
+        quantize: bool = True,
+        temperature: float = 1.0,
         seed: int = 0,
         progress: bool = False,
     ) -> None:
@@ -398,6 +413,12 @@ class GlowPosteriorSampler(Reconstructor):
         self.preconditioner = preconditioner
         self.jacobian_chunk = check_positive_int(jacobian_chunk, name="jacobian_chunk")
         self.jitter = jitter
+        if not isinstance(quantize, bool):
+            raise TypeError(f"quantize must be True or False, got {quantize!r}.")
+        self.quantize = quantize
+        self.temperature = check_nonnegative_number(
+            temperature, name="temperature", allow_zero=False
+        )
         self.seed = seed
         self.progress = progress
 
@@ -416,7 +437,10 @@ class GlowPosteriorSampler(Reconstructor):
                 f"physics with deepinv.physics.GaussianNoise(sigma). ({err})"
             ) from err
         estimator = self.map_estimator or GlowReconstructor(
-            self.glow, gamma=sigma**2, max_iter=self.map_iter, progress=self.progress
+            self.glow,
+            gamma=(sigma / self.temperature) ** 2,
+            max_iter=self.map_iter,
+            progress=self.progress,
         )
         started, cpu_started = time.perf_counter(), time.process_time()
         solution = estimator.solve(y, physics)  # also checks y against physics and the Glow
@@ -429,7 +453,8 @@ class GlowPosteriorSampler(Reconstructor):
             x, _ = self.glow._decode(z)
             measured = torch.cat([physics.A(part) for part in x.split(batch)])
             misfit = (measured - y_chains).pow(2).flatten(1).sum(dim=1)
-            return misfit / (2 * sigma**2) + 0.5 * z.pow(2).sum(dim=1), x
+            prior = z.pow(2).sum(dim=1) / (2 * self.temperature**2)
+            return misfit / (2 * sigma**2) + prior, x
 
         device = self.glow.device
         generator = torch.Generator(device=device).manual_seed(self.seed)
@@ -470,7 +495,7 @@ class GlowPosteriorSampler(Reconstructor):
         seconds["chains_cpu"] = time.process_time() - cpu_started - seconds["map_cpu"]
         draws = self.draws
         # (draws, chains * B, ...) -> (chains, draws, B, ...), chain-major like the samples.
-        images = run.extras.clamp(0, 1).view(draws, chains, batch, *shape).transpose(0, 1)
+        images = self._to_images(run.extras).view(draws, chains, batch, *shape).transpose(0, 1)
         samples = images.reshape(chains * draws, batch, *shape)
         energy = run.energy.view(draws, chains, batch).permute(2, 1, 0)
         z = (
@@ -482,7 +507,7 @@ class GlowPosteriorSampler(Reconstructor):
             samples=samples,
             mean=samples.mean(dim=0),
             std=samples.std(dim=0),
-            map=solution.x,
+            map=self._to_images(solution.x),
             z=z,
             energy=energy,
             acceptance=run.acceptance.view(chains, batch).mean(dim=0),
@@ -493,6 +518,13 @@ class GlowPosteriorSampler(Reconstructor):
             evaluations=run.evaluations,
             seconds=seconds,
         )
+
+    def _to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoded latents as images: clamped to [0, 1], on the data grid with ``quantize``."""
+        x = x.clamp(0, 1)
+        if not self.quantize:
+            return x
+        return self.glow.quantize(x) / (2**self.glow.config.n_bits - 1)
 
     def _laplace_map(
         self, z_map: torch.Tensor, physics, sigma: float, m: int
@@ -516,7 +548,8 @@ class GlowPosteriorSampler(Reconstructor):
                 rows.append(grad.detach().view(count, batch, n).transpose(0, 1))
         jacobian = torch.cat(rows, dim=1)  # (B, m, n): A J of each image
         precision = jacobian.transpose(1, 2) @ jacobian / sigma**2
-        precision += torch.eye(n, dtype=precision.dtype, device=precision.device)
+        eye = torch.eye(n, dtype=precision.dtype, device=precision.device)
+        precision += eye / self.temperature**2
         lower = torch.linalg.cholesky(precision)  # (B, n, n)
         upper = lower.transpose(1, 2)
 
@@ -551,4 +584,5 @@ class GlowPosteriorSampler(Reconstructor):
                 squares += pullback.detach().pow(2)
         curvature = squares.view(self.chains, batch, -1).mean(0) / passes / sigma**2
         curvature = curvature.repeat(self.chains, 1)
-        return (1 + curvature.nan_to_num(posinf=0.0)).reciprocal()
+        prior_curvature = 1 / self.temperature**2
+        return (prior_curvature + curvature.nan_to_num(posinf=0.0)).reciprocal()

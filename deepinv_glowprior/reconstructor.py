@@ -21,7 +21,12 @@ from deepinv_glowprior._checks import (
     check_positive_int,
 )
 from deepinv_glowprior.glow import Glow
-from deepinv_glowprior.solvers import SolverResult, batched_adam, batched_lbfgs
+from deepinv_glowprior.solvers import (
+    IterationCallback,
+    SolverResult,
+    batched_adam,
+    batched_lbfgs,
+)
 
 __all__ = ["GlowReconstructor", "GlowSolution", "noise_sigma"]
 
@@ -154,6 +159,10 @@ class GlowReconstructor(Reconstructor):
         backend flag, restored after the solve: other threads of the process running
         convolutions meanwhile also get the native kernels (slower, same results).
     :param bool progress: show progress bars.
+    :param IterationCallback callback: called after each solver iteration with the iteration
+        number, the best latents so far ``(B, n)`` and the single-sample Glow evaluations so far
+        (:data:`~deepinv_glowprior.solvers.IterationCallback`), e.g. to plot PSNR against work;
+        each restart (and each ``gamma="auto"`` grid value) counts from 1 again.
 
     |sep|
 
@@ -190,6 +199,7 @@ class GlowReconstructor(Reconstructor):
         seed: int = 0,
         batch_invariant: bool = True,
         progress: bool = False,
+        callback: IterationCallback | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(glow, Glow):
@@ -251,6 +261,9 @@ class GlowReconstructor(Reconstructor):
         if not isinstance(batch_invariant, bool):
             raise TypeError(f"batch_invariant must be True or False, got {batch_invariant!r}.")
         self.batch_invariant = batch_invariant
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable or None, got {type(callback).__name__}.")
+        self.callback = callback
         self.progress = progress
         self.last_solution: GlowSolution | None = None
         self._row_subsets = False
@@ -391,6 +404,7 @@ class GlowReconstructor(Reconstructor):
                 tol=self.tol,
                 row_subsets=self._row_subsets,
                 progress=self.progress,
+                callback=self.callback,
             )
         return batched_lbfgs(
             objective,
@@ -403,6 +417,7 @@ class GlowReconstructor(Reconstructor):
             max_step=self.max_step,
             row_subsets=self._row_subsets,
             progress=self.progress,
+            callback=self.callback,
         )
 
     def _initial_latent(self, y: torch.Tensor, physics, restart: int) -> torch.Tensor:

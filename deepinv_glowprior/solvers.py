@@ -14,11 +14,22 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["BatchObjective", "SolverResult", "batched_adam", "batched_lbfgs"]
+__all__ = [
+    "BatchObjective",
+    "IterationCallback",
+    "SolverResult",
+    "batched_adam",
+    "batched_lbfgs",
+]
 
 BatchObjective = Callable[..., torch.Tensor]
 """Maps latents ``(B, n)`` to per-sample objective values ``(B,)``; with ``row_subsets=True``
 it is called as ``objective(z, rows)`` with the latents of batch rows ``rows`` only."""
+
+IterationCallback = Callable[[int, torch.Tensor, int], None]
+"""Called after each iteration as ``callback(iteration, best_z, sample_evaluations)``: the
+iterations done (from 1), the best latents so far ``(B, n)`` (do not modify them) and the
+objective-and-gradient evaluations of single samples so far, e.g. to trace convergence."""
 
 _ARMIJO_C1 = 1e-4
 _EXPLOSION_FACTOR = 10.0
@@ -139,6 +150,7 @@ def batched_lbfgs(
     max_backtracks: int = 20,
     row_subsets: bool = False,
     progress: bool = False,
+    callback: IterationCallback | None = None,
 ) -> SolverResult:
     r"""L-BFGS on each sample of a batch independently, with a guarded line search.
 
@@ -167,6 +179,8 @@ def batched_lbfgs(
     :param bool row_subsets: call ``objective(z, rows)`` on the rows still searching only, so
         samples that stopped or accepted their step cost nothing (``rows`` indexes the batch).
     :param bool progress: show a progress bar.
+    :param IterationCallback callback: called after each iteration (see
+        :data:`IterationCallback`).
     :return: :class:`SolverResult`.
 
     :Example:
@@ -268,6 +282,8 @@ def batched_lbfgs(
         iterations += active.long()
         improved = f < best_f
         best_z[improved], best_f[improved] = z[improved], f[improved]
+        if callback is not None:
+            callback(iteration + 1, best_z, evaluate.samples)
         converged |= done
         active &= ~done
         history.append(f.clone())
@@ -300,6 +316,7 @@ def batched_adam(
     betas: tuple[float, float] = (0.9, 0.999),
     row_subsets: bool = False,
     progress: bool = False,
+    callback: IterationCallback | None = None,
 ) -> SolverResult:
     r"""Adam on each sample independently, keeping each sample's best iterate.
 
@@ -316,6 +333,8 @@ def batched_adam(
     :param tuple betas: Adam's moment decay rates.
     :param bool row_subsets: call ``objective(z, rows)`` on the samples still running only.
     :param bool progress: show a progress bar.
+    :param IterationCallback callback: called after each iteration (see
+        :data:`IterationCallback`).
     :return: :class:`SolverResult`.
     """
     if z0.dim() != 2:
@@ -360,6 +379,8 @@ def batched_adam(
         progress_made = f < best_f - tol * best_f.abs().clamp_min(1.0)
         improved = f < best_f
         best_z[improved], best_f[improved] = z[improved], f[improved]
+        if callback is not None:
+            callback(iteration, best_z, evaluate.samples)
         stale = torch.where(progress_made, 0, stale + 1)
         iterations += active.long()
         active &= stale < patience

@@ -225,7 +225,7 @@ def test_split_rhat_edge_cases_and_errors():
 def test_sampler_matches_the_exact_posterior_of_an_affine_glow(affine_glow):
     physics, y, mean, std = affine_denoising_problem(affine_glow)
     sampler = GlowPosteriorSampler(
-        affine_glow, chains=64, draws=20, burn_in=100, thinning=5, map_iter=50
+        affine_glow, chains=64, draws=20, burn_in=100, thinning=5, map_iter=50, quantize=False
     )
     with torch.no_grad():
         out = sampler.sample(y, physics)
@@ -266,7 +266,13 @@ def test_laplace_map_whitens_the_gauss_newton_precision(glow):
 def test_laplace_preconditioner_samples_the_exact_affine_posterior(affine_glow):
     physics, y, mean, std = affine_denoising_problem(affine_glow)
     sampler = GlowPosteriorSampler(
-        affine_glow, chains=16, draws=25, burn_in=30, map_iter=50, preconditioner="laplace"
+        affine_glow,
+        chains=16,
+        draws=25,
+        burn_in=30,
+        map_iter=50,
+        preconditioner="laplace",
+        quantize=False,
     )
     with torch.no_grad():
         out = sampler.sample(y, physics)
@@ -297,8 +303,10 @@ def test_sampler_shapes_and_consistency(glow):
     assert set(out.seconds) == {"map", "chains", "map_cpu", "chains_cpu"}
     assert float(out.samples.min()) >= 0 and float(out.samples.max()) <= 1
     assert bool(((out.acceptance >= 0) & (out.acceptance <= 1)).all())
-    with torch.no_grad():  # sample k is the clamped image of latent k
-        assert torch.allclose(glow.decode(out.z[7]).clamp(0, 1), out.samples[7], atol=1e-5)
+    with torch.no_grad():  # sample k is the 8-bit image of latent k: k / 255, k its bin
+        bins = torch.floor(256 * glow.decode(out.z[7]).clamp(0, 1)).clamp(max=255)
+        assert torch.allclose(out.samples[7] * 255, bins, atol=1e-3)
+        assert torch.equal(out.samples * 255, (out.samples * 255).round())
     assert torch.allclose(out.mean, out.samples.mean(0)) and bool((out.std > 0).any())
     lower, upper = out.interval(0.9)
     assert bool((lower <= out.mean + 1e-6).all() & (upper >= out.mean - 1e-6).all())
@@ -327,7 +335,7 @@ def test_ula_method_and_custom_map_estimator(glow):
     out = GlowPosteriorSampler(
         glow, method="ula", chains=2, draws=4, burn_in=4, map_estimator=estimator, probes=0
     ).sample(y, physics)
-    assert torch.equal(out.map, estimator.last_solution.x)
+    assert torch.equal(out.map, glow.quantize(estimator.last_solution.x.clamp(0, 1)) / 255)
     assert bool(torch.isfinite(out.samples).all()) and float(out.acceptance.min()) > 0
 
 
@@ -345,6 +353,47 @@ def test_sampler_needs_a_gaussian_noise_level(glow, noise, match):
         GlowPosteriorSampler(glow).sample(y, physics)
 
 
+def test_quantize_false_keeps_the_decoded_images(glow):
+    physics = dinv.physics.Denoising(dinv.physics.GaussianNoise(0.1))
+    y = physics(smooth_images(2, seed=2))
+    settings = {"chains": 2, "draws": 4, "burn_in": 4, "map_iter": 5}
+    grid = GlowPosteriorSampler(glow, **settings).sample(y, physics)
+    plain = GlowPosteriorSampler(glow, quantize=False, **settings).sample(y, physics)
+    assert torch.equal(grid.z, plain.z)  # the same chains, only the images differ
+    with torch.no_grad():
+        assert torch.allclose(plain.samples[5], glow.decode(plain.z[5]).clamp(0, 1), atol=1e-5)
+    assert torch.equal(grid.samples, glow.quantize(plain.samples) / 255)
+
+
+def test_temperature_scales_the_prior_of_the_exact_affine_posterior(affine_glow):
+    """With z ~ N(0, T^2 I), the affine posterior has precision W^T W / sigma^2 + I / T^2."""
+    physics, y, *_ = affine_denoising_problem(affine_glow, sigma=0.3)
+    temperature = 0.5
+    weight, bias = affine_parts(affine_glow)
+    precision = weight.T @ weight / 0.3**2 + torch.eye(N, dtype=torch.float64) / temperature**2
+    covariance = torch.linalg.inv(precision)
+    mean_z = covariance @ weight.T @ (y.flatten().double() - bias) / 0.3**2
+    std = torch.diagonal(weight @ covariance @ weight.T).sqrt().view(IMG).float()
+    mean = (weight @ mean_z + bias).view(IMG).float()
+    sampler = GlowPosteriorSampler(
+        affine_glow,
+        chains=16,
+        draws=25,
+        burn_in=30,
+        map_iter=50,
+        preconditioner="laplace",
+        quantize=False,
+        temperature=temperature,
+    )
+    with torch.no_grad():
+        out = sampler.sample(y, physics)
+    assert torch.allclose(out.map[0], mean, atol=2e-3)  # the MAP used gamma = sigma^2 / T^2
+    assert float((out.std[0] / std - 1).abs().mean()) < 0.1
+    # The untempered posterior is wider: the test tells the two apart.
+    _, _, _, std_untempered = affine_denoising_problem(affine_glow, sigma=0.3)
+    assert float((std_untempered / std).mean()) > 1.3
+
+
 def test_sampler_rejects_bad_arguments(glow):
     with pytest.raises(TypeError, match="Glow"):
         GlowPosteriorSampler("glow")
@@ -360,6 +409,10 @@ def test_sampler_rejects_bad_arguments(glow):
         GlowPosteriorSampler(glow, step_size=0.0)
     with pytest.raises(TypeError, match="map_estimator"):
         GlowPosteriorSampler(glow, map_estimator=object())
+    with pytest.raises(TypeError, match="quantize"):
+        GlowPosteriorSampler(glow, quantize=1)
+    with pytest.raises(ValueError, match="temperature"):
+        GlowPosteriorSampler(glow, temperature=0.0)
     physics = dinv.physics.Denoising(dinv.physics.GaussianNoise(0.1))
     with pytest.raises(ValueError, match="do not match"):
         GlowPosteriorSampler(glow, map_iter=2).sample(torch.rand(1, 1, 6, 6), physics)

@@ -179,6 +179,19 @@ def test_batch_invariance_with_per_sample_physics_parameters(glow):
     torch.testing.assert_close(solution.residual, expected, atol=1e-4, rtol=1e-3)
 
 
+def test_callback_sees_every_iteration_of_the_solve(glow):
+    physics = compressed_sensing(20)
+    y = physics(in_distribution(glow, 2, seed=4))
+    trace = []
+    model = GlowReconstructor(
+        glow, max_iter=15, callback=lambda it, z, work: trace.append((it, z.clone(), work))
+    )
+    solution = model.solve(y, physics)
+    assert [step[0] for step in trace] == list(range(1, int(solution.iterations.max()) + 1))
+    torch.testing.assert_close(trace[-1][1], solution.z)
+    assert trace[-1][2] == solution.sample_evaluations
+
+
 def test_batch_invariant_must_be_a_bool(glow):
     with pytest.raises(TypeError, match="batch_invariant"):
         GlowReconstructor(glow, batch_invariant="yes")
@@ -560,6 +573,7 @@ def test_error_non_finite_y(glow, bad):
         ({"lr": 0.0}, ValueError, "lr must be > 0"),
         ({"gamma_grid": (1.0, -1.0)}, ValueError, "gamma_grid"),
         ({"tau": math.inf}, ValueError, "tau must be finite"),
+        ({"callback": "print"}, TypeError, "callback must be callable"),
     ],
 )
 def test_error_bad_settings(glow, kwargs, error, match):

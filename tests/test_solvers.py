@@ -331,3 +331,25 @@ def test_row_subsets_pass_the_rows_being_evaluated():
     )
     assert seen[0] == [0, 1, 2]  # the start: every sample
     assert any(len(rows) < 3 for rows in seen)
+
+
+@pytest.mark.parametrize("solver", [batched_lbfgs, batched_adam])
+def test_callback_traces_the_best_iterate_and_the_work(solver):
+    matrices, vectors = random_quadratics(3, 4, seed=2)
+    trace = []
+
+    def record(iteration: int, best_z: torch.Tensor, sample_evaluations: int) -> None:
+        trace.append((iteration, best_z.clone(), sample_evaluations))
+
+    options = {"max_iter": 40} if solver is batched_lbfgs else {"max_iter": 200, "lr": 0.1}
+    z0 = torch.zeros(3, 4, dtype=DOUBLE)
+    result = solver(quadratic(matrices, vectors), z0, callback=record, **options)
+    assert [step[0] for step in trace] == list(range(1, len(trace) + 1))
+    assert len(trace) == int(result.iterations.max())
+    torch.testing.assert_close(trace[-1][1], result.z)
+    assert trace[-1][2] == result.sample_evaluations
+    work = [step[2] for step in trace]
+    assert work == sorted(work) and work[0] > 3  # the start's evaluations are counted
+    objective = quadratic(matrices, vectors)
+    values = torch.stack([objective(step[1]) for step in trace])
+    assert bool((values[1:] <= values[:-1] + 1e-12).all())  # the best iterate never gets worse

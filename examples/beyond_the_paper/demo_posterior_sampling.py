@@ -36,7 +36,9 @@ psnr = dinv.metric.PSNR()
 #
 # Four chains per image of 10 kept draws each (40 samples per image) after 40 burn-in steps, in
 # one batch of 12 latents: short chains, so that this page builds in a minute on two CPU cores.
-# :math:`\sigma` comes from the physics' Gaussian noise model.
+# :math:`\sigma` comes from the physics' Gaussian noise model. The samples are 8-bit images,
+# :math:`k/255` like the test digits (``quantize=True``, the default): the Glow models
+# dequantised pixels :math:`(k + u)/256`, and each decoded sample is mapped back to its bin.
 
 sampler = GlowPosteriorSampler(glow, chains=4, draws=10, burn_in=40, thinning=1, map_iter=60)
 

@@ -1,0 +1,182 @@
+"""PSNR against work: how soon each solver reaches the reference protocol's quality.
+
+For each task of ``solver_speed.py``, the guarded reference protocol
+(:meth:`GlowReconstructor.from_preset` ``"paper"``) and our solver (:class:`GlowReconstructor`
+defaults, with ``--ours-iter`` iterations so that the curve runs past the default's 300) solve
+the same MNIST test digits. A callback decodes the best latents every ``--every`` iterations and
+records the mean PSNR against the Glow passes (forward and backward of one image) spent so far.
+The decodes of the trace are not counted as work.
+
+For each task it prints and writes (``{out}_summary.csv``):
+
+- the reference's final PSNR and its passes per image;
+- the passes per image our solver needs to come within 0.1 dB of that PSNR (first traced point
+  at or above it; empty when it never does), and their ratio to the reference's passes: the
+  time ratio at equal quality, since both run the same Glow with the same kernels;
+- where our default (300 iterations) stops: its PSNR and passes.
+
+The traces go to ``{out}.csv`` and the plot to ``{out}.png``. Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/solver_curves.py --num-images 8 \\
+        --out docs/results/solver_curves
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from solver_speed import GAMMA, PAPER_TASK, TASKS  # noqa: E402
+
+DEFAULT_ITER = 300  # GlowReconstructor's default L-BFGS iterations
+QUALITY_SLACK = 0.1  # dB below the reference's final PSNR that counts as reaching it
+
+
+def trace_solver(model, y, physics, x, every: int) -> list[tuple[int, float, float]]:
+    """``(iteration, passes per image, PSNR)`` every ``every`` iterations and at the end."""
+    import deepinv as dinv
+    import torch
+
+    psnr = dinv.metric.PSNR()
+    trace = []
+
+    def record(iteration: int, best_z: torch.Tensor, sample_evaluations: int) -> None:
+        if iteration % every == 0:
+            with torch.no_grad():
+                x_hat = model.glow.decode(best_z).nan_to_num(0.0).clamp(0, 1)
+            trace.append((iteration, sample_evaluations / len(x), float(psnr(x_hat, x).mean())))
+
+    model.callback = record
+    solution = model.solve(y, physics)
+    last = int(solution.iterations.max())
+    if not trace or trace[-1][0] != last:
+        x_hat = solution.x.nan_to_num(0.0).clamp(0, 1)
+        trace.append((last, solution.sample_evaluations / len(x), float(psnr(x_hat, x).mean())))
+    return trace
+
+
+def summarise(task: str, reference: list, ours: list) -> dict:
+    final_psnr, reference_work = reference[-1][2], reference[-1][1]
+    reached = [point for point in ours if point[2] >= final_psnr - QUALITY_SLACK]
+    at_default = [point for point in ours if point[0] <= DEFAULT_ITER][-1]
+    work = reached[0][1] if reached else None
+    return {
+        "task": task,
+        "reference_psnr": final_psnr,
+        "reference_passes": reference_work,
+        "ours_passes_to_reference": work,
+        "ours_iterations_to_reference": reached[0][0] if reached else None,
+        "work_ratio_at_equal_psnr": None if work is None else work / reference_work,
+        "ours_default_psnr": at_default[2],
+        "ours_default_passes": at_default[1],
+        "ours_best_psnr": max(point[2] for point in ours),
+    }
+
+
+def plot(traces: dict, summaries: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from deepinv_glowprior.experiments import save_figure
+
+    tasks = list(traces)
+    figure, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 3.2), squeeze=False)
+    for axis, task, summary in zip(axes[0], tasks, summaries, strict=True):
+        for method, style in (("paper-guarded", "C0-"), ("ours", "C3-")):
+            points = traces[task][method]
+            axis.plot([p[1] for p in points], [p[2] for p in points], style, label=method)
+        axis.axhline(summary["reference_psnr"], color="gray", ls=":", lw=1)
+        axis.axvline(summary["ours_default_passes"], color="C3", ls="--", lw=0.8)
+        if summary["ours_passes_to_reference"] is not None:
+            axis.plot(summary["ours_passes_to_reference"], summary["reference_psnr"], "ko", ms=4)
+        axis.set_title(f"{task}: ratio {_fmt(summary['work_ratio_at_equal_psnr'])}")
+        axis.set_xlabel("Glow passes per image")
+        low = min(p[2] for m in traces[task].values() for p in m[len(m) // 10 :])
+        axis.set_ylim(max(low - 1, summary["reference_psnr"] - 10), None)
+    axes[0][0].set_ylabel("mean PSNR (dB)")
+    axes[0][0].legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def _cell(value):
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
+def _fmt(value) -> str:
+    return "never" if value is None else f"{value:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num-images", type=int, default=8)
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"subset of {list(TASKS)}")
+    parser.add_argument("--ours-iter", type=int, default=600)
+    parser.add_argument("--every", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="benchmarks/results/solver_curves")
+    args = parser.parse_args(argv)
+    tasks = args.tasks.split(",")
+    if unknown := sorted(set(tasks) - set(TASKS)):
+        parser.error(f"unknown tasks {unknown}; choose from {list(TASKS)}")
+
+    import torch
+
+    from deepinv_glowprior import GlowReconstructor, load_pretrained
+    from deepinv_glowprior.data import mnist
+    from deepinv_glowprior.tasks import make_physics
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    glow = load_pretrained("mnist32").requires_grad_(False)
+    test = mnist("test")
+    x = torch.stack([test[i] for i in range(args.num_images)])
+    traces, summaries, rows = {}, [], []
+    for task in tasks:
+        kind, settings = TASKS[task]
+        physics = make_physics(kind, glow.img_size, seed=0, **settings)
+        torch.manual_seed(0)
+        y = physics(x)
+        gamma = GAMMA[kind]
+        models = {
+            "paper-guarded": GlowReconstructor.from_preset(
+                glow, "paper", task=PAPER_TASK[kind], gamma=gamma
+            ),
+            "ours": GlowReconstructor(glow, gamma=gamma, max_iter=args.ours_iter),
+        }
+        traces[task] = {
+            name: trace_solver(model, y, physics, x, args.every) for name, model in models.items()
+        }
+        for name, points in traces[task].items():
+            rows += [
+                {"task": task, "method": name, "iteration": it, "passes": work, "psnr": value}
+                for it, work, value in points
+            ]
+        summary = summarise(task, traces[task]["paper-guarded"], traces[task]["ours"])
+        summaries.append(summary)
+        print(
+            f"{task:>10}: reference {summary['reference_psnr']:.2f} dB after "
+            f"{summary['reference_passes']:.0f} passes/image; ours reaches it "
+            f"(-{QUALITY_SLACK} dB) after {_fmt(summary['ours_passes_to_reference'])} passes: "
+            f"ratio {_fmt(summary['work_ratio_at_equal_psnr'])}; ours at the default "
+            f"{DEFAULT_ITER} iterations: {summary['ours_default_psnr']:.2f} dB after "
+            f"{summary['ours_default_passes']:.0f} passes",
+            flush=True,
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path, table in ((out.with_suffix(".csv"), rows), (Path(f"{out}_summary.csv"), summaries)):
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows([{k: _cell(v) for k, v in row.items()} for row in table])
+    plot(traces, summaries, out.with_suffix(".png"))
+    print(f"traces: {out.with_suffix('.csv')}, summary: {out}_summary.csv, plot: {out}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Tests of the figures the benchmark scripts compute (``benchmarks/`` is not a package)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import posterior as posterior_benchmark  # noqa: E402
+import solver_curves  # noqa: E402
+
+
+def test_equal_quality_ratio_takes_the_first_point_within_the_slack():
+    # (iteration, passes per image, PSNR)
+    reference = [(100, 200.0, 20.0), (300, 600.0, 30.0)]
+    ours = [(5, 10.0, 25.0), (10, 20.0, 29.95), (15, 30.0, 31.0), (300, 310.0, 33.0)]
+    summary = solver_curves.summarise("cs0.1", reference, ours)
+    assert summary["reference_psnr"] == 30.0 and summary["reference_passes"] == 600.0
+    assert summary["ours_iterations_to_reference"] == 10  # 29.95 is within 0.1 dB
+    assert summary["work_ratio_at_equal_psnr"] == pytest.approx(20.0 / 600.0)
+    assert summary["ours_default_psnr"] == 33.0 and summary["ours_best_psnr"] == 33.0
+
+
+def test_equal_quality_ratio_is_empty_when_never_reached():
+    summary = solver_curves.summarise(
+        "hole", [(400, 400.0, 30.0)], [(5, 10.0, 20.0), (600, 620.0, 29.8)]
+    )
+    assert summary["ours_passes_to_reference"] is None
+    assert summary["work_ratio_at_equal_psnr"] is None
+    assert summary["ours_default_psnr"] == 20.0  # the last point within 300 iterations
+
+
+def test_mean_spearman_skips_constant_maps_and_respects_the_mask():
+    error = torch.arange(8.0).view(2, 1, 2, 2)
+    std = torch.stack([error[0], torch.ones(1, 2, 2)])  # image 1: constant std, skipped
+    assert posterior_benchmark._mean_spearman(std, error) == pytest.approx(1.0)
+    reversed_std = torch.stack([error[0].flip(-1).flip(-2), error[1]])
+    mask = torch.tensor([[[True, True], [False, False]]]).expand(2, 1, 2, 2)
+    value = posterior_benchmark._mean_spearman(reversed_std, error, mask)
+    assert value == pytest.approx(0.0)  # image 0 on its mask: -1, image 1: +1
+    constant = torch.ones(2, 1, 2, 2)
+    assert torch.isnan(torch.tensor(posterior_benchmark._mean_spearman(constant, error)))
