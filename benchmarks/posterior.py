@@ -17,9 +17,9 @@ the fraction of pixels where every sample equals the truth (std and error exactl
 background); these tie at the bottom of both rankings, so the all-pixel Spearman mostly
 measures that the background is certain, and ``spearman_fg`` is the harder test.
 
-``--truth glow`` draws the ground truths from the Glow itself (8-bit images of :math:`G(z)`,
-:math:`z \sim \mathcal{N}(0, I)`), so the prior is exactly right: what is left of the
-miscalibration is then the sampler's, not the prior's.
+``--truth glow`` draws the ground truths from the Glow itself (8-bit images of G(z) with
+z ~ N(0, I)), so the prior is exactly right: what is left of the miscalibration is then the
+sampler's, not the prior's.
 """
 
 from __future__ import annotations
