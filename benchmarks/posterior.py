@@ -84,6 +84,7 @@ def figures(out, x: torch.Tensor, task: str, quantized: bool = True) -> dict[str
         "spearman_fg": _mean_spearman(out.std, error, foreground),
         "certain_and_exact": float(((out.std == 0) & (error == 0)).float().mean()),
         "acceptance": float(out.acceptance.mean()),
+        "evaluations_per_chain": out.evaluations,
         "rhat_energy_median": float(out.rhat.median()),
         # background pixels that never leave 0 have R-hat 1 by definition: strokes only
         "rhat_pixel_median_fg": float(out.rhat_pixels[foreground].nanmedian()),
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    parser.add_argument("--method", choices=("mala", "ula"), default="mala")
+    parser.add_argument("--method", choices=("mala", "ula", "hmc"), default="mala")
+    parser.add_argument("--leapfrog-steps", type=int, default=10, help="HMC only")
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--draws", type=int, default=25)
     parser.add_argument("--burn-in", type=int, default=100)
@@ -144,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         sampler = GlowPosteriorSampler(
             glow,
             method=args.method,
+            leapfrog_steps=args.leapfrog_steps,
             chains=args.chains,
             draws=args.draws,
             burn_in=args.burn_in,
@@ -159,9 +162,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         row = figures(out, x, task, quantized=args.quantize)
         row["seconds_total"] = time.perf_counter() - started
         results[task] = row
+        method = args.method
+        if method == "hmc":
+            method += f" ({args.leapfrog_steps} leapfrog)"
         print(
             f"== {task}: {args.images} images, {out.samples.shape[0]} samples each, "
-            f"sigma={out.sigma:.4g}, {args.method}, {args.preconditioner} preconditioner, "
+            f"sigma={out.sigma:.4g}, {method}, {args.preconditioner} preconditioner, "
             f"T={args.temperature}, quantize={args.quantize}, truth={args.truth}, "
             f"threads={args.threads}"
         )

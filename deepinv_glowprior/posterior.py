@@ -19,9 +19,17 @@ from deepinv_glowprior._checks import (
 from deepinv_glowprior.glow import Glow
 from deepinv_glowprior.reconstructor import GlowReconstructor, noise_sigma
 
-__all__ = ["GlowPosteriorSampler", "LangevinChains", "PosteriorSamples", "langevin", "split_rhat"]
+__all__ = [
+    "GlowPosteriorSampler",
+    "LangevinChains",
+    "PosteriorSamples",
+    "hamiltonian",
+    "langevin",
+    "split_rhat",
+]
 
-METHODS = ("mala", "ula")
+METHODS = ("mala", "ula", "hmc")
+_OPTIMAL_ACCEPTANCE = {"mala": 0.574, "ula": 0.574, "hmc": 0.65}
 PRECONDITIONERS = ("diagonal", "laplace")
 
 
@@ -111,6 +119,120 @@ def langevin(
     >>> chains.draws.shape, chains.acceptance.shape
     (torch.Size([50, 4, 2]), torch.Size([4]))
     """
+    log_h, metric = _check_chain_inputs(
+        z0, draws, burn_in, thinning, target_accept, step_size, preconditioner
+    )
+    z = z0.detach().clone()
+    energy, grad, extra = _evaluate(potential, z)
+    if not bool(torch.isfinite(energy).all()):
+        raise ValueError("The potential is not finite at z0; start the chains at finite states.")
+    record = _ChainRecord(log_h, burn_in, draws, thinning)
+    for t in tqdm(range(record.total), disable=not progress, desc="Langevin", leave=False):
+        h = record.log_step.exp()[:, None]
+        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        proposal = z - h * metric * grad + (2 * h * metric).sqrt() * noise
+        energy_p, grad_p, extra_p = _evaluate(potential, proposal)
+        backward = (z - proposal + h * metric * grad_p).pow(2).div(metric).sum(1) / (4 * h[:, 0])
+        log_alpha = energy - energy_p + 0.5 * noise.pow(2).sum(dim=1) - backward
+        alpha, accept = _metropolis(log_alpha, torch.isfinite(energy_p), adjusted, generator)
+        z = torch.where(accept[:, None], proposal, z)
+        grad = torch.where(accept[:, None], grad_p, grad)
+        energy = torch.where(accept, energy_p, energy)
+        extra = torch.where(accept.view(-1, *[1] * (extra.dim() - 1)), extra_p, extra)
+        record.step(t, alpha, accept, adapt, target_accept, z, extra, energy)
+    return record.chains(evaluations=record.total + 1)
+
+
+def hamiltonian(
+    potential: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
+    z0: torch.Tensor,
+    draws: int,
+    burn_in: int = 30,
+    thinning: int = 1,
+    step_size: float | torch.Tensor = 0.1,
+    leapfrog_steps: int = 10,
+    adapt: bool = True,
+    target_accept: float = 0.65,
+    preconditioner: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> LangevinChains:
+    r"""Hamiltonian Monte Carlo chains for :math:`\pi(z) \propto e^{-U(z)}`, one per row of ``z0``.
+
+    Each iteration draws a momentum :math:`p \sim \mathcal{N}(0, M^{-1})`, follows
+    ``leapfrog_steps`` leapfrog steps of :math:`H(z, p) = U(z) + p^\top M p / 2` with step
+    :math:`\epsilon` (jittered uniformly by :math:`\pm 20\%` per iteration, against periodic
+    orbits) and accepts the end point with probability :math:`\min(1, e^{H_0 - H_1})`. A
+    trajectory moves about ``leapfrog_steps`` times farther than a MALA step of the same
+    :math:`\epsilon` (MALA is the one-step case, :math:`h = \epsilon^2/2`), so it travels where
+    MALA diffuses; it costs ``leapfrog_steps`` potential-and-gradient evaluations. Step sizes are
+    adapted during burn-in as in :func:`langevin`; ``burn_in``, ``draws`` and ``thinning`` count
+    iterations (trajectories), not evaluations. Non-finite end points are rejected.
+
+    :param Callable potential: ``z (N, d) -> U(z)`` or ``(U(z), extra)``, as in :func:`langevin`.
+    :param torch.Tensor z0: starting states ``(N, d)``, with finite energy.
+    :param int draws: states kept per chain after burn-in.
+    :param int burn_in: iterations discarded (and used for adaptation).
+    :param int thinning: iterations between kept states.
+    :param float | torch.Tensor step_size: initial leapfrog step(s) :math:`\epsilon`, a number or
+        ``(N,)``.
+    :param int leapfrog_steps: leapfrog steps per iteration.
+    :param bool adapt: adapt the step sizes during burn-in.
+    :param float target_accept: target acceptance probability (about 0.65 is optimal for HMC).
+    :param torch.Tensor preconditioner: the diagonal of :math:`M` (approximate posterior
+        variances), positive, ``(N, d)`` or ``(d,)``.
+    :param torch.Generator generator: random numbers (seeded for reproducibility).
+    :param bool progress: show a progress bar.
+
+    |sep|
+
+    :Example:
+
+    >>> import torch
+    >>> from deepinv_glowprior.posterior import hamiltonian
+    >>> chains = hamiltonian(lambda z: 0.5 * z.pow(2).sum(1), torch.zeros(4, 2), draws=20,
+    ...                      generator=torch.Generator().manual_seed(0))
+    >>> chains.draws.shape, chains.evaluations
+    (torch.Size([20, 4, 2]), 501)
+    """
+    check_positive_int(leapfrog_steps, name="leapfrog_steps")
+    log_eps, metric = _check_chain_inputs(
+        z0, draws, burn_in, thinning, target_accept, step_size, preconditioner
+    )
+    z = z0.detach().clone()
+    energy, grad, extra = _evaluate(potential, z)
+    if not bool(torch.isfinite(energy).all()):
+        raise ValueError("The potential is not finite at z0; start the chains at finite states.")
+    record = _ChainRecord(log_eps, burn_in, draws, thinning)
+    for t in tqdm(range(record.total), disable=not progress, desc="HMC", leave=False):
+        jitter = 0.8 + 0.4 * torch.rand(z.shape[:1], generator=generator, device=z.device)
+        eps = (record.log_step.exp() * jitter.to(z))[:, None]
+        momentum = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        momentum = momentum / metric.sqrt()
+        start_h = energy + 0.5 * (momentum.pow(2) * metric).sum(dim=1)
+        position, grad_end = z, grad
+        momentum = momentum - 0.5 * eps * grad_end
+        for step in range(leapfrog_steps):
+            position = position + eps * metric * momentum
+            energy_end, grad_end, extra_end = _evaluate(potential, position)
+            if step < leapfrog_steps - 1:
+                momentum = momentum - eps * grad_end
+        momentum = momentum - 0.5 * eps * grad_end
+        end_h = energy_end + 0.5 * (momentum.pow(2) * metric).sum(dim=1)
+        finite = torch.isfinite(end_h)
+        alpha, accept = _metropolis(start_h - end_h, finite, True, generator)
+        z = torch.where(accept[:, None], position, z)
+        grad = torch.where(accept[:, None], grad_end, grad)
+        energy = torch.where(accept, energy_end, energy)
+        extra = torch.where(accept.view(-1, *[1] * (extra.dim() - 1)), extra_end, extra)
+        record.step(t, alpha, accept, adapt, target_accept, z, extra, energy)
+    return record.chains(evaluations=record.total * leapfrog_steps + 1)
+
+
+def _check_chain_inputs(
+    z0, draws, burn_in, thinning, target_accept, step_size, preconditioner
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate the common chain arguments; return the log step sizes ``(N,)`` and the metric."""
     if not isinstance(z0, torch.Tensor) or z0.dim() != 2 or z0.shape[0] == 0:
         raise ValueError(f"z0 must be a tensor of shape (N, d), got {getattr(z0, 'shape', z0)!r}.")
     check_finite_tensor(z0, name="z0")
@@ -120,70 +242,69 @@ def langevin(
     if not 0 < target_accept < 1:
         raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}.")
     if isinstance(step_size, torch.Tensor):
-        log_h = step_size.detach().to(z0).expand(z0.shape[0]).log().clone()
+        log_step = step_size.detach().to(z0).expand(z0.shape[0]).log().clone()
     else:
-        log_h = torch.full_like(
+        log_step = torch.full_like(
             z0[:, 0],
             math.log(check_nonnegative_number(step_size, name="step_size", allow_zero=False)),
         )
-    if not bool(torch.isfinite(log_h).all()):
+    if not bool(torch.isfinite(log_step).all()):
         raise ValueError("step_size must hold finite values > 0.")
     if preconditioner is None:
-        metric = torch.ones_like(z0[:1])
-    else:
-        metric = torch.as_tensor(preconditioner).detach().to(z0)
-        if metric.shape[-1] != z0.shape[1] or not bool(
-            (metric > 0).all() & metric.isfinite().all()
-        ):
-            raise ValueError(f"preconditioner must hold {z0.shape[1]} finite values > 0 per row.")
-    z = z0.detach().clone()
-    energy, grad, extra = _evaluate(potential, z)
-    if not bool(torch.isfinite(energy).all()):
-        raise ValueError("The potential is not finite at z0; start the chains at finite states.")
-    kept: dict[str, list[torch.Tensor]] = {"z": [], "extra": [], "energy": []}
-    accepted = torch.zeros_like(log_h)
-    log_h_sum, log_h_count = torch.zeros_like(log_h), 0
-    total = burn_in + draws * thinning
-    for t in tqdm(range(total), disable=not progress, desc="Langevin", leave=False):
-        h = log_h.exp()[:, None]
-        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        proposal = z - h * metric * grad + (2 * h * metric).sqrt() * noise
-        energy_p, grad_p, extra_p = _evaluate(potential, proposal)
-        backward = (z - proposal + h * metric * grad_p).pow(2).div(metric).sum(1) / (4 * h[:, 0])
-        log_alpha = energy - energy_p + 0.5 * noise.pow(2).sum(dim=1) - backward
-        finite = torch.isfinite(energy_p)
-        log_alpha = torch.where(finite, log_alpha.nan_to_num(nan=-math.inf), -math.inf)
-        alpha = log_alpha.clamp(max=0).exp()
-        if adjusted:
-            uniform = torch.rand(alpha.shape, generator=generator, device=z.device)
-            accept = (uniform.to(alpha) < alpha) & finite
-        else:
-            accept = finite
-        z = torch.where(accept[:, None], proposal, z)
-        grad = torch.where(accept[:, None], grad_p, grad)
-        energy = torch.where(accept, energy_p, energy)
-        extra = torch.where(accept.view(-1, *[1] * (extra.dim() - 1)), extra_p, extra)
-        if t < burn_in:
+        return log_step, torch.ones_like(z0[:1])
+    metric = torch.as_tensor(preconditioner).detach().to(z0)
+    if metric.shape[-1] != z0.shape[1] or not bool((metric > 0).all() & metric.isfinite().all()):
+        raise ValueError(f"preconditioner must hold {z0.shape[1]} finite values > 0 per row.")
+    return log_step, metric
+
+
+def _metropolis(
+    log_alpha: torch.Tensor, finite: torch.Tensor, adjusted: bool, generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Acceptance probabilities and decisions; non-finite proposals are always rejected."""
+    log_alpha = torch.where(finite, log_alpha.nan_to_num(nan=-math.inf), -math.inf)
+    alpha = log_alpha.clamp(max=0).exp()
+    if not adjusted:
+        return alpha, finite
+    uniform = torch.rand(alpha.shape, generator=generator, device=alpha.device)
+    return alpha, (uniform.to(alpha) < alpha) & finite
+
+
+class _ChainRecord:
+    """Step-size adaptation during burn-in, then the kept states and acceptance counts."""
+
+    def __init__(self, log_step: torch.Tensor, burn_in: int, draws: int, thinning: int) -> None:
+        self.log_step, self.burn_in, self.draws, self.thinning = log_step, burn_in, draws, thinning
+        self.total = burn_in + draws * thinning
+        self.accepted = torch.zeros_like(log_step)
+        self._log_step_sum, self._log_step_count = torch.zeros_like(log_step), 0
+        self.kept: dict[str, list[torch.Tensor]] = {"z": [], "extra": [], "energy": []}
+
+    def step(self, t, alpha, accept, adapt, target_accept, z, extra, energy) -> None:
+        if t < self.burn_in:
             if adapt:
-                log_h = log_h + 1.5 / (1 + t / 10) ** 0.5 * (alpha - target_accept)
-                if t >= burn_in // 2:
-                    log_h_sum, log_h_count = log_h_sum + log_h, log_h_count + 1
-                if t == burn_in - 1:
-                    log_h = log_h_sum / log_h_count
-            continue
-        accepted += accept.to(accepted)
-        if (t - burn_in + 1) % thinning == 0:
-            kept["z"].append(z)
-            kept["extra"].append(extra)
-            kept["energy"].append(energy)
-    return LangevinChains(
-        draws=torch.stack(kept["z"]),
-        extras=torch.stack(kept["extra"]),
-        energy=torch.stack(kept["energy"]),
-        acceptance=accepted / (draws * thinning),
-        step_size=log_h.exp(),
-        evaluations=total + 1,
-    )
+                self.log_step = self.log_step + 1.5 / (1 + t / 10) ** 0.5 * (alpha - target_accept)
+                if t >= self.burn_in // 2:
+                    self._log_step_sum = self._log_step_sum + self.log_step
+                    self._log_step_count += 1
+                if t == self.burn_in - 1:
+                    self.log_step = self._log_step_sum / self._log_step_count
+            return
+        self.accepted += accept.to(self.accepted)
+        if (t - self.burn_in + 1) % self.thinning == 0:
+            self.kept["z"].append(z)
+            self.kept["extra"].append(extra)
+            self.kept["energy"].append(energy)
+
+    def chains(self, evaluations: int) -> LangevinChains:
+        return LangevinChains(
+            draws=torch.stack(self.kept["z"]),
+            extras=torch.stack(self.kept["extra"]),
+            energy=torch.stack(self.kept["energy"]),
+            acceptance=self.accepted / (self.draws * self.thinning),
+            step_size=self.log_step.exp(),
+            evaluations=evaluations,
+        )
 
 
 def split_rhat(chains: torch.Tensor) -> torch.Tensor:
@@ -288,33 +409,37 @@ class GlowPosteriorSampler(Reconstructor):
     :math:`\sim\|AJ\|^2/\sigma^2` along measured directions, 1 along the others), so the chains
     use a diagonal preconditioner :math:`M = (\mathrm{diag}(J^\top A^\top A J)/\sigma^2 + 1)^{-1}`,
     :math:`J = \partial G/\partial z` at the MAP, estimated with ``probes`` Rademacher probes.
-    Each measurement gets ``chains`` Langevin chains (:func:`langevin`: MALA with step sizes
-    adapted during burn-in, or ULA) started at the MAP plus a draw of :math:`\mathcal{N}(0, M)`
-    (``jitter``; over-dispersed starts make :math:`\hat R` meaningful), and the whole batch runs
-    as one batch of ``B * chains`` latents. Samples are clamped to [0, 1] and, with ``quantize``
-    (the default), put on the grid of the Glow's training data: a sample :math:`x` becomes
-    :math:`k/(2^b - 1)` with :math:`k = \lfloor 2^b x \rfloor` its bin (:math:`b` =
-    ``n_bits``). The Glow is a density of dequantised data, :math:`(k + u)/2^b`, so this is the
-    posterior of the discrete :math:`b`-bit image, on the scale of the data it was trained on
-    (8-bit images as :math:`k/255`); without it, pixels of an 8-bit image sit half a bin off
-    and a credible interval can never contain an exact 0. Their mean is what
-    :meth:`forward` returns, so the sampler is a deepinv ``Reconstructor`` (e.g. for
-    :func:`deepinv.test`).
+    Each measurement gets ``chains`` chains (:func:`langevin`: MALA with step sizes adapted during
+    burn-in, or ULA; or :func:`hamiltonian`: HMC, whose trajectories of ``leapfrog_steps`` gradient
+    steps travel farther per evaluation) started at the MAP plus a draw of :math:`\mathcal{N}(0, M)`
+    (``jitter``; over-dispersed starts make :math:`\hat R` meaningful), and the whole batch runs as
+    one batch of ``B * chains`` latents. Samples are clamped to [0, 1] and, with ``quantize`` (the
+    default), put on the grid of the Glow's training data: a sample :math:`x` becomes
+    :math:`k/(2^b-1)` with :math:`k = \lfloor 2^b x \rfloor` its bin (:math:`b` = ``n_bits``). The
+    Glow is a density of dequantised data, :math:`(k + u)/2^b`, so this is the posterior of the
+    discrete :math:`b`-bit image, on the scale of the data it was trained on (8-bit images as
+    :math:`k/255`); without it, pixels of an 8-bit image sit half a bin off and a credible interval
+    can never contain an exact 0. Their mean is what :meth:`forward` returns, so the sampler is a
+    deepinv ``Reconstructor`` (e.g. for :func:`deepinv.test`).
 
     Short chains do not mix this 1024-dimensional posterior fully: :math:`\hat R` well above 1.1
     says so, and the intervals are then too narrow. Read the std map as a relative uncertainty,
     or run longer chains.
 
     :param Glow glow: a trained Glow.
-    :param str method: ``"mala"`` or ``"ula"``.
+    :param str method: ``"mala"``, ``"ula"`` or ``"hmc"``.
     :param int chains: chains per measurement.
     :param int draws: kept draws per chain (``chains * draws`` samples per measurement).
-    :param int burn_in: discarded steps per chain (used to adapt the step size).
-    :param int thinning: steps between kept draws.
+    :param int burn_in: discarded steps per chain (used to adapt the step size); for HMC,
+        trajectories of ``leapfrog_steps`` evaluations each.
+    :param int thinning: steps (HMC: trajectories) between kept draws.
     :param float | None step_size: initial step size (adapted from there); default
-        :math:`\sigma^2/10`.
+        :math:`h = \sigma^2/10` (:math:`0.1` with ``preconditioner="laplace"``), and for HMC
+        the leapfrog step :math:`\sqrt{2h}` (the step of the same reach).
+    :param int leapfrog_steps: leapfrog steps per HMC trajectory.
     :param bool adapt: adapt step sizes during burn-in towards ``target_accept``.
-    :param float target_accept: target MALA acceptance probability.
+    :param float | None target_accept: target acceptance probability; default the method's
+        optimum, 0.574 for MALA and 0.65 for HMC.
     :param GlowReconstructor | None map_estimator: solver of the starting point; default
         ``GlowReconstructor(glow, gamma=sigma**2, max_iter=map_iter)``.
     :param int map_iter: L-BFGS iterations of the default MAP solver.
@@ -364,8 +489,9 @@ class GlowPosteriorSampler(Reconstructor):
         burn_in: int = 100,
         thinning: int = 2,
         step_size: float | None = None,
+        leapfrog_steps: int = 10,
         adapt: bool = True,
-        target_accept: float = 0.574,
+        target_accept: float | None = None,
         map_estimator: GlowReconstructor | None = None,
         map_iter: int = 100,
         probes: int = 16,
@@ -388,8 +514,11 @@ class GlowPosteriorSampler(Reconstructor):
             raise TypeError("map_estimator must be a GlowReconstructor or None.")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}.")
+        if target_accept is None:
+            target_accept = _OPTIMAL_ACCEPTANCE[method]
         if not (isinstance(target_accept, float) and 0 < target_accept < 1):
             raise ValueError(f"target_accept must be a float in (0, 1), got {target_accept!r}.")
+        self.leapfrog_steps = check_positive_int(leapfrog_steps, name="leapfrog_steps")
         self.glow = glow
         self.method = method
         self.chains = check_positive_int(chains, name="chains")
@@ -473,20 +602,36 @@ class GlowPosteriorSampler(Reconstructor):
             if self.jitter and spread is not None:
                 noise = torch.randn(z_map.shape, generator=generator, device=device).to(z_map)
                 z0 = z0 + spread * noise
-            run = langevin(
-                lambda w: potential(to_latent(w)),
-                z0,
-                draws=self.draws,
-                burn_in=self.burn_in,
-                thinning=self.thinning,
-                step_size=step_size if self.step_size is None else self.step_size,
-                adjusted=self.method == "mala",
-                adapt=self.adapt,
-                target_accept=self.target_accept,
-                preconditioner=metric,
-                generator=generator,
-                progress=self.progress,
-            )
+            chain_settings = {
+                "draws": self.draws,
+                "burn_in": self.burn_in,
+                "thinning": self.thinning,
+                "adapt": self.adapt,
+                "target_accept": self.target_accept,
+                "preconditioner": metric,
+                "generator": generator,
+                "progress": self.progress,
+            }
+            if self.step_size is not None:
+                step_size = self.step_size
+            elif self.method == "hmc":
+                step_size = math.sqrt(2 * step_size)
+            if self.method == "hmc":
+                run = hamiltonian(
+                    lambda w: potential(to_latent(w)),
+                    z0,
+                    step_size=step_size,
+                    leapfrog_steps=self.leapfrog_steps,
+                    **chain_settings,
+                )
+            else:
+                run = langevin(
+                    lambda w: potential(to_latent(w)),
+                    z0,
+                    step_size=step_size,
+                    adjusted=self.method == "mala",
+                    **chain_settings,
+                )
             latents = to_latent(run.draws.flatten(0, 1)).view_as(run.draws).detach()
         finally:
             for parameter, needed in zip(self.glow.parameters(), needed_grad, strict=True):

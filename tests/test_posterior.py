@@ -14,7 +14,7 @@ import torch
 from helpers import TINY, smooth_images, train_tiny_glow
 
 from deepinv_glowprior import Glow, GlowPosteriorSampler, GlowPrior, GlowReconstructor
-from deepinv_glowprior.posterior import langevin, split_rhat
+from deepinv_glowprior.posterior import hamiltonian, langevin, split_rhat
 from deepinv_glowprior.tasks import centre_hole_mask
 
 IMG = TINY["img_size"]
@@ -71,6 +71,16 @@ def gaussian_potential(mean: torch.Tensor, precision: torch.Tensor):
     return lambda z: 0.5 * ((z - mean).pow(2) * precision).sum(dim=1)
 
 
+def assert_gaussian_draws(
+    draws: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor, mean_atol: float
+) -> None:
+    """Draws ``(draws, chains, d)`` pooled over chains have the mean and variances of
+    N(mean, diag(1 / precision)), the variances within 6%."""
+    pooled = draws.flatten(0, 1)
+    assert torch.allclose(pooled.mean(0), mean, atol=mean_atol)
+    assert torch.allclose(pooled.var(0), 1 / precision, rtol=0.06)
+
+
 # -- the Langevin core ----------------------------------------------------------------------------
 def test_mala_samples_an_anisotropic_gaussian_exactly():
     mean, precision = torch.tensor([1.0, -2.0]), torch.tensor([1.0, 4.0])
@@ -82,10 +92,8 @@ def test_mala_samples_an_anisotropic_gaussian_exactly():
         thinning=2,
         generator=torch.Generator().manual_seed(0),
     )
-    draws = run.draws.flatten(0, 1)
     assert run.draws.shape == (100, 400, 2) and run.energy.shape == (100, 400)
-    assert torch.allclose(draws.mean(0), mean, atol=0.03)
-    assert torch.allclose(draws.var(0), 1 / precision, rtol=0.06)
+    assert_gaussian_draws(run.draws, mean, precision, mean_atol=0.03)
     assert abs(float(run.acceptance.mean()) - 0.574) < 0.1
     assert run.evaluations == 100 + 100 * 2 + 1
 
@@ -136,24 +144,70 @@ def test_preconditioner_lets_one_step_size_fit_a_stiff_gaussian():
     assert float(plain.draws[..., 0].var()) < 0.5 < float(variance[0] * 0.8)
 
 
-def test_non_finite_proposals_are_rejected():
+def test_hmc_samples_a_stiff_gaussian_exactly_with_its_preconditioner():
+    mean, precision = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([1.0, 4.0, 1e4])
+    run = hamiltonian(
+        gaussian_potential(mean, precision),
+        torch.zeros(400, 3),
+        draws=60,
+        burn_in=30,
+        leapfrog_steps=5,
+        preconditioner=1 / precision,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert run.draws.shape == (60, 400, 3) and run.energy.shape == (60, 400)
+    assert_gaussian_draws(run.draws, mean, precision, mean_atol=0.02)
+    assert abs(float(run.acceptance.mean()) - 0.65) < 0.15
+    assert run.evaluations == (30 + 60) * 5 + 1
+
+
+def test_hmc_travels_farther_than_mala_for_the_same_evaluations():
+    """On N(0, diag(1, 1/100)) MALA's step is held down by the stiff coordinate and it only
+    diffuses along the soft one; HMC's trajectories cross it. Same 401 evaluations each."""
+    precision = torch.tensor([1.0, 100.0])
+    potential = gaussian_potential(torch.zeros(2), precision)
+    start = torch.zeros(200, 2)
+    mala = langevin(
+        potential,
+        start,
+        draws=100,
+        burn_in=100,
+        thinning=3,
+        generator=torch.Generator().manual_seed(1),
+    )
+    hmc = hamiltonian(
+        potential,
+        start,
+        draws=30,
+        burn_in=10,
+        leapfrog_steps=10,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert hmc.evaluations == mala.evaluations == 401
+
+    def soft_lag_one(draws: torch.Tensor) -> float:
+        centred = draws[..., 0] - draws[..., 0].mean(0)
+        return float((centred[1:] * centred[:-1]).mean() / centred.pow(2).mean())
+
+    assert soft_lag_one(mala.draws) > 0.9 and soft_lag_one(hmc.draws) < 0.4
+    assert abs(float(hmc.draws[..., 0].var()) - 1) < 0.05
+
+
+@pytest.mark.parametrize("sampler", ["mala", "ula", "hmc"])
+def test_non_finite_proposals_are_rejected(sampler):
     def potential(z: torch.Tensor) -> torch.Tensor:
         energy = 0.5 * z.pow(2).sum(1)
         energy = torch.where(z[:, 0] > 0.5, math.inf, energy)  # a wall, as a decode overflow
         return torch.where(z[:, 1] > 0.5, math.nan, energy)  # and NaN beyond another
 
-    for adjusted in (True, False):
-        run = langevin(
-            potential,
-            torch.zeros(100, 2),
-            draws=50,
-            step_size=0.5,
-            adjusted=adjusted,
-            generator=torch.Generator().manual_seed(0),
-        )
-        assert bool(torch.isfinite(run.draws).all() & torch.isfinite(run.energy).all())
-        assert float(run.draws.max()) <= 0.5
-        assert float(run.acceptance.mean()) < 1.0
+    settings = {"draws": 50, "step_size": 0.5, "generator": torch.Generator().manual_seed(0)}
+    if sampler == "hmc":
+        run = hamiltonian(potential, torch.zeros(100, 2), leapfrog_steps=3, **settings)
+    else:
+        run = langevin(potential, torch.zeros(100, 2), adjusted=sampler == "mala", **settings)
+    assert bool(torch.isfinite(run.draws).all() & torch.isfinite(run.energy).all())
+    assert float(run.draws.max()) <= 0.5
+    assert float(run.acceptance.mean()) < 1.0
 
 
 def test_langevin_is_reproducible_with_a_seeded_generator():
@@ -183,11 +237,15 @@ def test_langevin_is_reproducible_with_a_seeded_generator():
         ({"z0": torch.full((2, 2), 3.0)}, "not finite at z0"),
     ],
 )
-def test_langevin_rejects_bad_inputs(kwargs, match):
+@pytest.mark.parametrize("sampler", [langevin, hamiltonian])
+def test_chains_reject_bad_inputs(kwargs, match, sampler):
     arguments = {"z0": torch.zeros(2, 2), "draws": 4, **kwargs}
     wall = lambda z: torch.where(z.abs().amax(1) > 2, math.inf, z.pow(2).sum(1))  # noqa: E731
     with pytest.raises(ValueError, match=match):
-        langevin(wall, **arguments)
+        sampler(wall, **arguments)
+    if sampler is hamiltonian:
+        with pytest.raises(ValueError, match="leapfrog_steps"):
+            hamiltonian(wall, torch.zeros(2, 2), draws=4, leapfrog_steps=0)
 
 
 # -- split R-hat ----------------------------------------------------------------------------
@@ -261,6 +319,27 @@ def test_laplace_map_whitens_the_gauss_newton_precision(glow):
         assert torch.allclose(transform @ transform.T, covariance, rtol=1e-3, atol=1e-6)
         untouched = torch.cat([latents[:, :2], latents[:, 4:]], dim=1)
         assert torch.equal(untouched, z_map.repeat(2, 1).expand(N, 4, N))
+
+
+def test_hmc_method_samples_the_exact_affine_posterior(affine_glow):
+    physics, y, mean, std = affine_denoising_problem(affine_glow)
+    sampler = GlowPosteriorSampler(
+        affine_glow,
+        method="hmc",
+        chains=32,
+        draws=20,
+        burn_in=20,
+        thinning=1,
+        leapfrog_steps=5,
+        map_iter=50,
+        quantize=False,
+    )
+    with torch.no_grad():
+        out = sampler.sample(y, physics)
+    assert float((out.std[0] / std - 1).abs().mean()) < 0.1
+    assert float((out.mean[0] - mean).abs().max()) < 6 * float(std.max()) / math.sqrt(640)
+    assert 0.45 < float(out.acceptance.mean()) < 0.85  # around HMC's default target, 0.65
+    assert out.evaluations == (20 + 20) * 5 + 1
 
 
 def test_laplace_preconditioner_samples_the_exact_affine_posterior(affine_glow):
@@ -400,7 +479,9 @@ def test_sampler_rejects_bad_arguments(glow):
     with pytest.raises(ValueError, match="untrained"):
         GlowPosteriorSampler(Glow(**TINY))
     with pytest.raises(ValueError, match="method"):
-        GlowPosteriorSampler(glow, method="hmc")
+        GlowPosteriorSampler(glow, method="nuts")
+    with pytest.raises(ValueError, match="leapfrog_steps"):
+        GlowPosteriorSampler(glow, method="hmc", leapfrog_steps=0)
     with pytest.raises(ValueError, match="chains"):
         GlowPosteriorSampler(glow, chains=0)
     with pytest.raises(ValueError, match="draws"):
