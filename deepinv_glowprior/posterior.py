@@ -29,7 +29,12 @@ __all__ = [
 ]
 
 METHODS = ("mala", "ula", "hmc")
-_OPTIMAL_ACCEPTANCE = {"mala": 0.574, "ula": 0.574, "hmc": 0.65}
+# Per method: burn-in and thinning (in steps; HMC: trajectories) and the optimal acceptance.
+_METHOD_DEFAULTS = {
+    "mala": {"burn_in": 100, "thinning": 2, "target_accept": 0.574},
+    "ula": {"burn_in": 100, "thinning": 2, "target_accept": 0.574},
+    "hmc": {"burn_in": 20, "thinning": 1, "target_accept": 0.65},
+}
 PRECONDITIONERS = ("diagonal", "laplace")
 
 
@@ -147,10 +152,10 @@ def hamiltonian(
     potential: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
     z0: torch.Tensor,
     draws: int,
-    burn_in: int = 30,
+    burn_in: int = 20,
     thinning: int = 1,
     step_size: float | torch.Tensor = 0.1,
-    leapfrog_steps: int = 10,
+    leapfrog_steps: int = 5,
     adapt: bool = True,
     target_accept: float = 0.65,
     preconditioner: torch.Tensor | None = None,
@@ -193,7 +198,7 @@ def hamiltonian(
     >>> chains = hamiltonian(lambda z: 0.5 * z.pow(2).sum(1), torch.zeros(4, 2), draws=20,
     ...                      generator=torch.Generator().manual_seed(0))
     >>> chains.draws.shape, chains.evaluations
-    (torch.Size([20, 4, 2]), 501)
+    (torch.Size([20, 4, 2]), 201)
     """
     check_positive_int(leapfrog_steps, name="leapfrog_steps")
     log_eps, metric = _check_chain_inputs(
@@ -427,12 +432,14 @@ class GlowPosteriorSampler(Reconstructor):
     or run longer chains.
 
     :param Glow glow: a trained Glow.
-    :param str method: ``"mala"``, ``"ula"`` or ``"hmc"``.
+    :param str method: ``"hmc"`` (default), ``"mala"`` or ``"ula"``.
     :param int chains: chains per measurement.
     :param int draws: kept draws per chain (``chains * draws`` samples per measurement).
-    :param int burn_in: discarded steps per chain (used to adapt the step size); for HMC,
-        trajectories of ``leapfrog_steps`` evaluations each.
-    :param int thinning: steps (HMC: trajectories) between kept draws.
+    :param int | None burn_in: discarded steps per chain (used to adapt the step size); for
+        HMC, trajectories of ``leapfrog_steps`` evaluations each. Default 100 for MALA and ULA,
+        20 for HMC.
+    :param int | None thinning: steps (HMC: trajectories) between kept draws; default 2 for MALA
+        and ULA, 1 for HMC.
     :param float | None step_size: initial step size (adapted from there); default
         :math:`h = \sigma^2/10` (:math:`0.1` with ``preconditioner="laplace"``), and for HMC
         the leapfrog step :math:`\sqrt{2h}` (the step of the same reach).
@@ -483,13 +490,13 @@ class GlowPosteriorSampler(Reconstructor):
     def __init__(
         self,
         glow: Glow,
-        method: str = "mala",
+        method: str = "hmc",
         chains: int = 4,
         draws: int = 25,
-        burn_in: int = 100,
-        thinning: int = 2,
+        burn_in: int | None = None,
+        thinning: int | None = None,
         step_size: float | None = None,
-        leapfrog_steps: int = 10,
+        leapfrog_steps: int = 5,
         adapt: bool = True,
         target_accept: float | None = None,
         map_estimator: GlowReconstructor | None = None,
@@ -514,8 +521,10 @@ class GlowPosteriorSampler(Reconstructor):
             raise TypeError("map_estimator must be a GlowReconstructor or None.")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}.")
-        if target_accept is None:
-            target_accept = _OPTIMAL_ACCEPTANCE[method]
+        defaults = _METHOD_DEFAULTS[method]
+        burn_in = defaults["burn_in"] if burn_in is None else burn_in
+        thinning = defaults["thinning"] if thinning is None else thinning
+        target_accept = defaults["target_accept"] if target_accept is None else target_accept
         if not (isinstance(target_accept, float) and 0 < target_accept < 1):
             raise ValueError(f"target_accept must be a float in (0, 1), got {target_accept!r}.")
         self.leapfrog_steps = check_positive_int(leapfrog_steps, name="leapfrog_steps")

@@ -283,7 +283,14 @@ def test_split_rhat_edge_cases_and_errors():
 def test_sampler_matches_the_exact_posterior_of_an_affine_glow(affine_glow):
     physics, y, mean, std = affine_denoising_problem(affine_glow)
     sampler = GlowPosteriorSampler(
-        affine_glow, chains=64, draws=20, burn_in=100, thinning=5, map_iter=50, quantize=False
+        affine_glow,
+        method="mala",
+        chains=64,
+        draws=20,
+        burn_in=100,
+        thinning=5,
+        map_iter=50,
+        quantize=False,
     )
     with torch.no_grad():
         out = sampler.sample(y, physics)
@@ -346,6 +353,7 @@ def test_laplace_preconditioner_samples_the_exact_affine_posterior(affine_glow):
     physics, y, mean, std = affine_denoising_problem(affine_glow)
     sampler = GlowPosteriorSampler(
         affine_glow,
+        method="mala",
         chains=16,
         draws=25,
         burn_in=30,
@@ -378,7 +386,8 @@ def test_sampler_shapes_and_consistency(glow):
     assert out.mean.shape == out.std.shape == out.map.shape == out.rhat_pixels.shape == x.shape
     assert out.energy.shape == (3, 2, 6) and out.step_size.shape == (3, 2)
     assert out.acceptance.shape == out.rhat.shape == (3,)
-    assert out.sigma == pytest.approx(0.05) and out.evaluations == 10 + 6 + 1
+    # the default sampler, HMC: 10 burn-in and 6 kept trajectories of 5 leapfrog steps
+    assert out.sigma == pytest.approx(0.05) and out.evaluations == (10 + 6) * 5 + 1
     assert set(out.seconds) == {"map", "chains", "map_cpu", "chains_cpu"}
     assert float(out.samples.min()) >= 0 and float(out.samples.max()) <= 1
     assert bool(((out.acceptance >= 0) & (out.acceptance <= 1)).all())
@@ -401,7 +410,7 @@ def test_inpainting_is_uncertain_inside_the_hole(glow):
         img_size=IMG, mask=mask, noise_model=dinv.physics.GaussianNoise(0.02)
     )
     y = physics(smooth_images(4, seed=7))
-    out = GlowPosteriorSampler(glow, chains=4, draws=10, burn_in=60, map_iter=30).sample(y, physics)
+    out = GlowPosteriorSampler(glow, chains=4, draws=10, burn_in=12, map_iter=30).sample(y, physics)
     hole = mask == 0
     inside, outside = out.std[:, hole].mean(1), out.std[:, ~hole].mean(1)
     assert bool((inside > 1.5 * outside).all())
