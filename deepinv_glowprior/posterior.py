@@ -414,18 +414,18 @@ class GlowPosteriorSampler(Reconstructor):
     :math:`\sim\|AJ\|^2/\sigma^2` along measured directions, 1 along the others), so the chains
     use a diagonal preconditioner :math:`M = (\mathrm{diag}(J^\top A^\top A J)/\sigma^2 + 1)^{-1}`,
     :math:`J = \partial G/\partial z` at the MAP, estimated with ``probes`` Rademacher probes.
-    Each measurement gets ``chains`` chains (:func:`langevin`: MALA with step sizes adapted during
-    burn-in, or ULA; or :func:`hamiltonian`: HMC, whose trajectories of ``leapfrog_steps`` gradient
-    steps travel farther per evaluation) started at the MAP plus a draw of :math:`\mathcal{N}(0, M)`
-    (``jitter``; over-dispersed starts make :math:`\hat R` meaningful), and the whole batch runs as
-    one batch of ``B * chains`` latents. Samples are clamped to [0, 1] and, with ``quantize`` (the
-    default), put on the grid of the Glow's training data: a sample :math:`x` becomes
-    :math:`k/(2^b-1)` with :math:`k = \lfloor 2^b x \rfloor` its bin (:math:`b` = ``n_bits``). The
-    Glow is a density of dequantised data, :math:`(k + u)/2^b`, so this is the posterior of the
-    discrete :math:`b`-bit image, on the scale of the data it was trained on (8-bit images as
-    :math:`k/255`); without it, pixels of an 8-bit image sit half a bin off and a credible interval
-    can never contain an exact 0. Their mean is what :meth:`forward` returns, so the sampler is a
-    deepinv ``Reconstructor`` (e.g. for :func:`deepinv.test`).
+    Each measurement gets ``chains`` chains (by default :func:`hamiltonian`: HMC, whose trajectories
+    of ``leapfrog_steps`` gradient steps travel farther than Langevin steps; or :func:`langevin`:
+    MALA or ULA; step sizes adapted during burn-in) started at the MAP plus a draw of
+    :math:`\mathcal{N}(0, M)` (``jitter``; over-dispersed starts make :math:`\hat R` meaningful),
+    and the whole batch runs as one batch of ``B * chains`` latents. Samples are clamped to [0, 1]
+    and, with ``quantize`` (the default), put on the grid of the Glow's training data: a sample
+    :math:`x` becomes :math:`k/(2^b-1)` with :math:`k = \lfloor 2^b x \rfloor` its bin (:math:`b` =
+    ``n_bits``). The Glow is a density of dequantised data, :math:`(k + u)/2^b`, so this is the
+    posterior of the discrete :math:`b`-bit image, on the scale of the data it was trained on (8-bit
+    images as :math:`k/255`); without it, pixels of an 8-bit image sit half a bin off and a credible
+    interval can never contain an exact 0. Their mean is what :meth:`forward` returns, so the
+    sampler is a deepinv ``Reconstructor`` (e.g. for :func:`deepinv.test`).
 
     Short chains do not mix this 1024-dimensional posterior fully: :math:`\hat R` well above 1.1
     says so, and the intervals are then too narrow. Read the std map as a relative uncertainty,
