@@ -280,26 +280,30 @@ def test_split_rhat_edge_cases_and_errors():
 
 
 # -- the Glow posterior sampler -------------------------------------------------------------
-def test_sampler_matches_the_exact_posterior_of_an_affine_glow(affine_glow):
+@pytest.mark.parametrize(
+    ("settings", "std_tolerance", "evaluations"),
+    [
+        ({"method": "mala", "chains": 64, "burn_in": 100, "thinning": 5}, 0.05, 100 + 20 * 5 + 1),
+        # HMC's energy moves slowly between successive draws: thinning 2 for a fair R-hat
+        ({"method": "hmc", "chains": 32, "burn_in": 20, "thinning": 2}, 0.1, (20 + 40) * 5 + 1),
+    ],
+    ids=["mala", "hmc"],
+)
+def test_sampler_matches_the_exact_posterior_of_an_affine_glow(
+    affine_glow, settings, std_tolerance, evaluations
+):
     physics, y, mean, std = affine_denoising_problem(affine_glow)
-    sampler = GlowPosteriorSampler(
-        affine_glow,
-        method="mala",
-        chains=64,
-        draws=20,
-        burn_in=100,
-        thinning=5,
-        map_iter=50,
-        quantize=False,
-    )
+    sampler = GlowPosteriorSampler(affine_glow, draws=20, map_iter=50, quantize=False, **settings)
     with torch.no_grad():
         out = sampler.sample(y, physics)
+    assert out.evaluations == evaluations
     # The posterior is Gaussian: its MAP is its mean.
     assert torch.allclose(out.map[0], mean, atol=2e-3)
-    assert float((out.mean[0] - mean).abs().max()) < 4 * float(std.max()) / math.sqrt(400)
-    assert float((out.std[0] / std - 1).abs().mean()) < 0.05
-    assert float((out.std[0] / std - 1).abs().max()) < 0.2
-    assert 0.4 < float(out.acceptance.mean()) < 0.8
+    # the chains' draws are correlated: about 400 independent ones, 5 standard errors
+    assert float((out.mean[0] - mean).abs().max()) < 5 * float(std.max()) / math.sqrt(400)
+    assert float((out.std[0] / std - 1).abs().mean()) < std_tolerance
+    assert float((out.std[0] / std - 1).abs().max()) < 0.3
+    assert 0.4 < float(out.acceptance.mean()) < 0.85  # near 0.574 (MALA) or 0.65 (HMC)
     # 20 draws per chain: R-hat is near 1 but noisy.
     assert float(out.rhat) < 1.2 and float(out.rhat_pixels.median()) < 1.15
 
@@ -326,27 +330,6 @@ def test_laplace_map_whitens_the_gauss_newton_precision(glow):
         assert torch.allclose(transform @ transform.T, covariance, rtol=1e-3, atol=1e-6)
         untouched = torch.cat([latents[:, :2], latents[:, 4:]], dim=1)
         assert torch.equal(untouched, z_map.repeat(2, 1).expand(N, 4, N))
-
-
-def test_hmc_method_samples_the_exact_affine_posterior(affine_glow):
-    physics, y, mean, std = affine_denoising_problem(affine_glow)
-    sampler = GlowPosteriorSampler(
-        affine_glow,
-        method="hmc",
-        chains=32,
-        draws=20,
-        burn_in=20,
-        thinning=1,
-        leapfrog_steps=5,
-        map_iter=50,
-        quantize=False,
-    )
-    with torch.no_grad():
-        out = sampler.sample(y, physics)
-    assert float((out.std[0] / std - 1).abs().mean()) < 0.1
-    assert float((out.mean[0] - mean).abs().max()) < 6 * float(std.max()) / math.sqrt(640)
-    assert 0.45 < float(out.acceptance.mean()) < 0.85  # around HMC's default target, 0.65
-    assert out.evaluations == (20 + 20) * 5 + 1
 
 
 def test_laplace_preconditioner_samples_the_exact_affine_posterior(affine_glow):
