@@ -448,7 +448,7 @@ class GlowPosteriorSampler(Reconstructor):
     :param float | None target_accept: target acceptance probability; default the method's
         optimum, 0.574 for MALA and 0.65 for HMC.
     :param GlowReconstructor | None map_estimator: solver of the starting point; default
-        ``GlowReconstructor(glow, gamma=sigma**2, max_iter=map_iter)``.
+        ``GlowReconstructor(glow, gamma=(sigma / temperature)**2, max_iter=map_iter)``.
     :param int map_iter: L-BFGS iterations of the default MAP solver.
     :param str preconditioner: ``"diagonal"`` (the estimate above, ``probes`` backward passes
         per chain) or ``"laplace"``: the chains run in the coordinates :math:`w` of the Laplace
