@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from solver_speed import GAMMA, PAPER_TASK, TASKS  # noqa: E402
+from solver_speed import GAMMA, PAPER_TASK, TASKS, load_glow_and_digits, measure  # noqa: E402
 
 DEFAULT_ITER = 300  # GlowReconstructor's default L-BFGS iterations
 QUALITY_SLACK = 0.1  # dB below the reference's final PSNR that counts as reaching it
@@ -125,21 +125,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from deepinv_glowprior import GlowReconstructor, load_pretrained
-    from deepinv_glowprior.data import mnist
-    from deepinv_glowprior.tasks import make_physics
+    from deepinv_glowprior import GlowReconstructor
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
-    glow = load_pretrained("mnist32").requires_grad_(False)
-    test = mnist("test")
-    x = torch.stack([test[i] for i in range(args.num_images)])
+    glow, x = load_glow_and_digits(args.num_images)
     traces, summaries, rows = {}, [], []
     for task in tasks:
-        kind, settings = TASKS[task]
-        physics = make_physics(kind, glow.img_size, seed=0, **settings)
-        torch.manual_seed(0)
-        y = physics(x)
+        kind, physics, y = measure(task, glow, x)
         gamma = GAMMA[kind]
         models = {
             "paper-guarded": GlowReconstructor.from_preset(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from solver_speed import GAMMA, TASKS  # noqa: E402
+from solver_speed import GAMMA, TASKS, load_glow_and_digits, measure  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,21 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     import deepinv as dinv
     import torch
 
-    from deepinv_glowprior import GlowReconstructor, load_pretrained
-    from deepinv_glowprior.data import mnist
-    from deepinv_glowprior.tasks import make_physics
+    from deepinv_glowprior import GlowReconstructor
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
-    glow = load_pretrained("mnist32").requires_grad_(False)
-    test = mnist("test")
-    x = torch.stack([test[i] for i in range(args.num_images)])
+    glow, x = load_glow_and_digits(args.num_images)
     psnr = dinv.metric.PSNR()
     for task in tasks:
-        kind, task_settings = TASKS[task]
-        physics = make_physics(kind, glow.img_size, seed=0, **task_settings)
-        torch.manual_seed(0)
-        y = physics(x)
+        kind, physics, y = measure(task, glow, x)
         for name, options in settings.items():
             model = GlowReconstructor(glow, gamma=GAMMA[kind], **options)
             started = time.perf_counter()

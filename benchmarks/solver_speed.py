@@ -135,23 +135,40 @@ def _torch_lbfgs_coupled(glow, y, physics, gamma):
     return x, evaluations
 
 
+def load_glow_and_digits(num_images: int):
+    """The shipped ``mnist32`` Glow (frozen) and the first ``num_images`` MNIST test digits."""
+    import torch
+
+    from deepinv_glowprior import load_pretrained
+    from deepinv_glowprior.data import mnist
+
+    glow = load_pretrained("mnist32").requires_grad_(False)
+    test = mnist("test")
+    return glow, torch.stack([test[i] for i in range(num_images)])
+
+
+def measure(task: str, glow, x):
+    """``(kind, physics, y)``: the physics of ``task`` (seeded) and its measurement of ``x``."""
+    import torch
+
+    from deepinv_glowprior.tasks import make_physics
+
+    kind, settings = TASKS[task]
+    physics = make_physics(kind, glow.img_size, seed=0, **settings)
+    torch.manual_seed(0)
+    return kind, physics, physics(x)
+
+
 def run_worker(task: str, method: str, num_images: int, threads: int) -> dict:
     import deepinv as dinv
     import torch
 
-    from deepinv_glowprior import GlowReconstructor, load_pretrained
-    from deepinv_glowprior.data import mnist
-    from deepinv_glowprior.tasks import make_physics
+    from deepinv_glowprior import GlowReconstructor
 
     torch.set_num_threads(threads)
     warnings.filterwarnings("ignore", category=UserWarning)
-    glow = load_pretrained("mnist32").requires_grad_(False)
-    test = mnist("test")
-    x = torch.stack([test[i] for i in range(num_images)])
-    kind, settings = TASKS[task]
-    physics = make_physics(kind, glow.img_size, seed=0, **settings)
-    torch.manual_seed(0)
-    y = physics(x)
+    glow, x = load_glow_and_digits(num_images)
+    kind, physics, y = measure(task, glow, x)
     gamma = GAMMA[kind]
     with torch.enable_grad():  # warm-up: load the code paths of a decode and its backward
         z = torch.zeros(1, glow.latent_dim, requires_grad=True)

@@ -424,6 +424,12 @@ class Glow(nn.Module):
         n_bins = 2**self.config.n_bits
         return torch.floor(x * n_bins).clamp_(0, n_bins - 1)
 
+    def discretize(self, x: torch.Tensor) -> torch.Tensor:
+        """The data value :math:`k/(2^b - 1)` of each pixel's bin :math:`k`: a continuous
+        (dequantised) image of the Glow back on the grid of its ``n_bits`` training images
+        (8-bit images as :math:`k/255`), undoing :meth:`dequantize`; ``x`` is clamped to [0, 1]."""
+        return self.quantize(x.clamp(0, 1)) / (2**self.config.n_bits - 1)
+
     def dequantize(
         self,
         x: torch.Tensor,

@@ -127,11 +127,8 @@ def langevin(
     log_h, metric = _check_chain_inputs(
         z0, draws, burn_in, thinning, target_accept, step_size, preconditioner
     )
-    z = z0.detach().clone()
-    energy, grad, extra = _evaluate(potential, z)
-    if not bool(torch.isfinite(energy).all()):
-        raise ValueError("The potential is not finite at z0; start the chains at finite states.")
-    record = _ChainRecord(log_h, burn_in, draws, thinning)
+    z, energy, grad, extra = _start_chains(potential, z0)
+    record = _ChainRecord(log_h, burn_in, draws, thinning, adapt, target_accept)
     for t in tqdm(range(record.total), disable=not progress, desc="Langevin", leave=False):
         h = record.log_step.exp()[:, None]
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
@@ -140,11 +137,10 @@ def langevin(
         backward = (z - proposal + h * metric * grad_p).pow(2).div(metric).sum(1) / (4 * h[:, 0])
         log_alpha = energy - energy_p + 0.5 * noise.pow(2).sum(dim=1) - backward
         alpha, accept = _metropolis(log_alpha, torch.isfinite(energy_p), adjusted, generator)
-        z = torch.where(accept[:, None], proposal, z)
-        grad = torch.where(accept[:, None], grad_p, grad)
-        energy = torch.where(accept, energy_p, energy)
-        extra = torch.where(accept.view(-1, *[1] * (extra.dim() - 1)), extra_p, extra)
-        record.step(t, alpha, accept, adapt, target_accept, z, extra, energy)
+        z, grad, energy, extra = _where_rows(
+            accept, (proposal, grad_p, energy_p, extra_p), (z, grad, energy, extra)
+        )
+        record.step(t, alpha, accept, z, extra, energy)
     return record.chains(evaluations=record.total + 1)
 
 
@@ -204,11 +200,8 @@ def hamiltonian(
     log_eps, metric = _check_chain_inputs(
         z0, draws, burn_in, thinning, target_accept, step_size, preconditioner
     )
-    z = z0.detach().clone()
-    energy, grad, extra = _evaluate(potential, z)
-    if not bool(torch.isfinite(energy).all()):
-        raise ValueError("The potential is not finite at z0; start the chains at finite states.")
-    record = _ChainRecord(log_eps, burn_in, draws, thinning)
+    z, energy, grad, extra = _start_chains(potential, z0)
+    record = _ChainRecord(log_eps, burn_in, draws, thinning, adapt, target_accept)
     for t in tqdm(range(record.total), disable=not progress, desc="HMC", leave=False):
         jitter = 0.8 + 0.4 * torch.rand(z.shape[:1], generator=generator, device=z.device)
         eps = (record.log_step.exp() * jitter.to(z))[:, None]
@@ -226,11 +219,10 @@ def hamiltonian(
         end_h = energy_end + 0.5 * (momentum.pow(2) * metric).sum(dim=1)
         finite = torch.isfinite(end_h)
         alpha, accept = _metropolis(start_h - end_h, finite, True, generator)
-        z = torch.where(accept[:, None], position, z)
-        grad = torch.where(accept[:, None], grad_end, grad)
-        energy = torch.where(accept, energy_end, energy)
-        extra = torch.where(accept.view(-1, *[1] * (extra.dim() - 1)), extra_end, extra)
-        record.step(t, alpha, accept, adapt, target_accept, z, extra, energy)
+        z, grad, energy, extra = _where_rows(
+            accept, (position, grad_end, energy_end, extra_end), (z, grad, energy, extra)
+        )
+        record.step(t, alpha, accept, z, extra, energy)
     return record.chains(evaluations=record.total * leapfrog_steps + 1)
 
 
@@ -263,6 +255,25 @@ def _check_chain_inputs(
     return log_step, metric
 
 
+def _start_chains(potential: Callable, z0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The chains' first states ``z0`` with their energy, gradient and extra; all must be finite."""
+    z = z0.detach().clone()
+    energy, grad, extra = _evaluate(potential, z)
+    if not bool(torch.isfinite(energy).all()):
+        raise ValueError("The potential is not finite at z0; start the chains at finite states.")
+    return z, energy, grad, extra
+
+
+def _where_rows(
+    accept: torch.Tensor, proposed: tuple[torch.Tensor, ...], current: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
+    """Row by row, the proposed tensor where ``accept`` holds and the current one elsewhere."""
+    return tuple(
+        torch.where(accept.view(-1, *[1] * (new.dim() - 1)), new, old)
+        for new, old in zip(proposed, current, strict=True)
+    )
+
+
 def _metropolis(
     log_alpha: torch.Tensor, finite: torch.Tensor, adjusted: bool, generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,17 +289,27 @@ def _metropolis(
 class _ChainRecord:
     """Step-size adaptation during burn-in, then the kept states and acceptance counts."""
 
-    def __init__(self, log_step: torch.Tensor, burn_in: int, draws: int, thinning: int) -> None:
+    def __init__(
+        self,
+        log_step: torch.Tensor,
+        burn_in: int,
+        draws: int,
+        thinning: int,
+        adapt: bool,
+        target_accept: float,
+    ) -> None:
         self.log_step, self.burn_in, self.draws, self.thinning = log_step, burn_in, draws, thinning
+        self.adapt, self.target_accept = adapt, target_accept
         self.total = burn_in + draws * thinning
         self.accepted = torch.zeros_like(log_step)
         self._log_step_sum, self._log_step_count = torch.zeros_like(log_step), 0
         self.kept: dict[str, list[torch.Tensor]] = {"z": [], "extra": [], "energy": []}
 
-    def step(self, t, alpha, accept, adapt, target_accept, z, extra, energy) -> None:
+    def step(self, t, alpha, accept, z, extra, energy) -> None:
         if t < self.burn_in:
-            if adapt:
-                self.log_step = self.log_step + 1.5 / (1 + t / 10) ** 0.5 * (alpha - target_accept)
+            if self.adapt:
+                gain = 1.5 / (1 + t / 10) ** 0.5
+                self.log_step = self.log_step + gain * (alpha - self.target_accept)
                 if t >= self.burn_in // 2:
                     self._log_step_sum = self._log_step_sum + self.log_step
                     self._log_step_count += 1
@@ -675,10 +696,7 @@ class GlowPosteriorSampler(Reconstructor):
 
     def _to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Decoded latents as images: clamped to [0, 1], on the data grid with ``quantize``."""
-        x = x.clamp(0, 1)
-        if not self.quantize:
-            return x
-        return self.glow.quantize(x) / (2**self.glow.config.n_bits - 1)
+        return self.glow.discretize(x) if self.quantize else x.clamp(0, 1)
 
     def _laplace_map(
         self, z_map: torch.Tensor, physics, sigma: float, m: int

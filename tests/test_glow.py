@@ -225,6 +225,15 @@ def test_dequantize_stays_in_the_pixel_bin(small_model):
     assert noisy.min() >= 0 and noisy.max() < 1
 
 
+def test_discretize_undoes_dequantize_on_8_bit_images(small_model):
+    model, _ = small_model
+    x = torch.arange(256.0).div(255).view(4, 1, 8, 8)  # every 8-bit value once
+    noisy = model.dequantize(x, torch.Generator().manual_seed(1))
+    assert not torch.equal(noisy, x)
+    assert torch.equal(model.discretize(noisy), x)
+    assert torch.equal(model.discretize(torch.tensor([-0.5, 1.5])), torch.tensor([0.0, 1.0]))
+
+
 # -- gradients and modes ------------------------------------------------------------------------
 def test_every_parameter_gets_a_gradient():
     model = Glow(**SMALL)
