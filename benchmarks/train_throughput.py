@@ -13,8 +13,12 @@ dequantisation noise, with Adam (lr 1e-3) on the bits/dim loss:
   uniform dequantisation and bits/dim.
 - ``ours-train-loop``: the body of :func:`deepinv_glowprior.train.fit`, with the functions it
   uses (``batch_indices``, ``_stack``, ``_BitsPerDim``, ``_make_optimizer``: index the dataset,
-  stack, seeded noise, loss, backward, gradient clipping, finiteness check, Adam, LR schedule);
-  checkpoints, logging and evaluation are left out (they run every few hundred steps).
+  stack, seeded noise, loss, backward, gradient clipping, finiteness check, Adam, LR schedule),
+  with the convolution weights in the layout ``fit`` trains in (``TrainConfig.memory_format``:
+  channels-last on CPU); checkpoints, logging and evaluation are left out (they run every few
+  hundred steps).
+- ``normflows-channels-last``: the normflows model with its weights in channels-last layout, to
+  show how much of the difference is the layout alone.
 
 After warm-up steps, each round times one full step of every variant, in alternating order
 (A B C, C B A, ...), so that machine load hits all equally. Reported: median images/s per
@@ -54,7 +58,7 @@ from deepinv_glowprior.train import (
     batch_indices,
 )
 
-VARIANTS = ("ours", "normflows", "ours-train-loop")
+VARIANTS = ("ours", "normflows", "ours-train-loop", "normflows-channels-last")
 
 
 def build_normflows(config: GlowConfig) -> nf.MultiscaleFlow:
@@ -142,11 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     loop_glow = copy.deepcopy(ours)
     torch.manual_seed(args.seed)
     flow = build_normflows(config).train()
+    flow_channels_last = copy.deepcopy(flow).to(memory_format=torch.channels_last)
     parameters = {"ours": _count(ours), "normflows": _count(flow)}
     parameters["ours-train-loop"] = parameters["ours"]
+    parameters["normflows-channels-last"] = parameters["normflows"]
 
     ours_optimizer = torch.optim.Adam(ours.parameters(), lr=train_config.lr)
-    flow_optimizer = torch.optim.Adam(flow.parameters(), lr=train_config.lr)
+    loop_glow.to(memory_format=train_config.memory_format(torch.device("cpu")))
     loop_optimizer, loop_scheduler = _make_optimizer(loop_glow, train_config)
     loop_loss = _BitsPerDim(loop_glow)
 
@@ -164,13 +170,20 @@ def main(argv: list[str] | None = None) -> int:
         ours_optimizer.step()
         return float(loss.detach())
 
-    def step_normflows(step: int, x: torch.Tensor, noise: torch.Tensor) -> float:
-        x_continuous = _dequantize(x, noise, config.n_bits)
-        loss = flow.forward_kld(x_continuous) / (n * math.log(2)) + config.n_bits
-        flow_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        flow_optimizer.step()
-        return float(loss.detach())
+    def normflows_step(
+        model: nf.MultiscaleFlow,
+    ) -> Callable[[int, torch.Tensor, torch.Tensor], float]:
+        optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
+
+        def step_normflows(step: int, x: torch.Tensor, noise: torch.Tensor) -> float:
+            x_continuous = _dequantize(x, noise, config.n_bits)
+            loss = model.forward_kld(x_continuous) / (n * math.log(2)) + config.n_bits
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return float(loss.detach())
+
+        return step_normflows
 
     def step_loop(step: int, x: torch.Tensor, noise: torch.Tensor) -> float:
         # fit()'s loop body; x and noise are recomputed here as fit() does.
@@ -189,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
 
     steps: dict[str, Callable[[int, torch.Tensor, torch.Tensor], float]] = {
         "ours": step_ours,
-        "normflows": step_normflows,
+        "normflows": normflows_step(flow),
         "ours-train-loop": step_loop,
+        "normflows-channels-last": normflows_step(flow_channels_last),
     }
     # ActNorm's data-dependent initialisation on the first batch, as fit() does.
     x0, noise0 = batch(0)
@@ -198,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     loop_glow.initialize(x0)
     with torch.no_grad():
         flow.log_prob(_dequantize(x0, noise0, config.n_bits), None)
+        flow_channels_last.log_prob(_dequantize(x0, noise0, config.n_bits), None)
 
     seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
     cpu_seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -256,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for row in rows:
         print(
-            f"{row['model']:>16}: {row['images_per_s']:6.1f} images/s "
+            f"{row['model']:>23}: {row['images_per_s']:6.1f} images/s "
             f"(x{row['ratio_to_normflows']:.3f} of normflows), per CPU second "
             f"{row['cpu_images_per_s']:6.1f} (x{row['cpu_ratio_to_normflows']:.3f}), "
             f"{row['parameters']} parameters"

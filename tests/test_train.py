@@ -411,6 +411,58 @@ def test_train_config_rejects_bad_settings(overrides, message):
         TrainConfig(**overrides)
 
 
+def test_train_config_rejects_a_non_boolean_channels_last():
+    with pytest.raises(TypeError, match="channels_last"):
+        TrainConfig(channels_last="yes")
+
+
+def test_channels_last_defaults_to_the_cpu_only():
+    assert TrainConfig().memory_format(torch.device("cpu")) == torch.channels_last
+    assert TrainConfig().memory_format(torch.device("cuda")) == torch.contiguous_format
+    forced = TrainConfig(channels_last=True).memory_format(torch.device("cuda"))
+    assert forced == torch.channels_last
+
+
+def _convolution_weights(glow: Glow) -> list[torch.Tensor]:
+    """The weights whose layouts differ: several input channels and a kernel wider than 1."""
+    weights = [m.weight for m in glow.modules() if isinstance(m, torch.nn.Conv2d)]
+    return [w for w in weights if w.shape[1] > 1 and w.shape[2] > 1]
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(None, True), (True, True), (False, False)])
+def test_channels_last_holds_during_training_and_is_undone_after(tmp_path, setting, expected):
+    glow, layouts = _tiny_glow(), []
+    weights = _convolution_weights(glow)
+    assert weights
+
+    def record(step: int, loss: float) -> None:
+        layouts.append(
+            [
+                (w.is_contiguous(memory_format=torch.channels_last), w.is_contiguous())
+                for w in weights
+            ]
+        )
+
+    config = _config(iterations=3, channels_last=setting)
+    fit(glow, _images(), None, tmp_path, config, on_step=record)
+    assert layouts == [[(expected, not expected)] * len(weights)] * 3
+    assert all(w.is_contiguous() for w in weights)
+
+
+def test_channels_last_trains_the_same_model(tmp_path):
+    """The layout changes the order of floating-point sums only, not the training."""
+    runs = {}
+    for setting in (True, False):
+        glow = _tiny_glow()
+        history = fit(
+            glow, _images(), None, tmp_path / str(setting), _config(channels_last=setting)
+        )
+        runs[setting] = glow.state_dict(), history
+    _assert_same_weights(runs[True][0], runs[False][0], atol=1e-4)
+    for with_layout, without in zip(runs[True][1], runs[False][1], strict=True):
+        assert with_layout["train_bpd"] == pytest.approx(without["train_bpd"], rel=1e-5)
+
+
 def test_batch_indices_are_deterministic_epoch_permutations():
     size, batch = 22, 4  # 5 steps per epoch; 2 images left out of each epoch
     first = batch_indices(3, size, batch, seed=7)
