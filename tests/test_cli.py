@@ -144,6 +144,21 @@ def test_user_error_in_a_subprocess_has_no_traceback(tmp_path):
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize(("extra", "expected"), [((), None), (("--no-channels-last",), False)])
+def test_train_passes_the_weight_layout_to_fit(image_dir, tmp_path, monkeypatch, extra, expected):
+    import deepinv_glowprior.train as train
+
+    seen, real_fit = [], train.fit
+
+    def recording_fit(glow, train_set, test_set, out_dir, config, **kwargs):
+        seen.append(config.channels_last)
+        return real_fit(glow, train_set, test_set, out_dir, config, **kwargs)
+
+    monkeypatch.setattr(train, "fit", recording_fit)
+    assert main([*_tiny_args(image_dir, tmp_path / "run", *extra), "--iterations", "1"]) == 0
+    assert seen == [expected]
+
+
 def test_train_end_to_end_then_resume(image_dir, tmp_path, capsys):
     out = tmp_path / "run"
     args = _tiny_args(image_dir, out, "--checkpoint-every", "2", "--sample-every", "2")
