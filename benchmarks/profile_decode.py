@@ -3,7 +3,9 @@
 Every solver iteration costs one decode of the batch's latents and one backward pass; this script
 profiles that unit on a shipped Glow and prints the share of convolutions, of the 1x1
 convolutions' LU algebra (what caching their inverses could save) and of everything else, with
-oneDNN off (``GlowReconstructor(batch_invariant=True)``, the default) and on.
+the batch-invariant native kernels (``batch_invariant_kernels`` of the reconstructor module, what
+``GlowReconstructor(batch_invariant=True)``, the default, solves with) and with PyTorch's default
+kernels (oneDNN, and NNPACK from 16 samples on).
 
 Usage::
 
@@ -13,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 import warnings
 
@@ -20,10 +23,18 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from deepinv_glowprior import load_pretrained
+from deepinv_glowprior.reconstructor import batch_invariant_kernels
 
 # Operator-name prefixes (after "aten::"); the LU group is the 1x1 convolutions' weight algebra.
 GROUPS = {
-    "convolutions": ("_slow_conv2d", "mkldnn_convolution", "convolution", "_convolution", "conv2d"),
+    "convolutions": (
+        "_slow_conv2d",
+        "mkldnn_convolution",
+        "_nnpack",
+        "convolution",
+        "_convolution",
+        "conv2d",
+    ),
     "1x1-conv LU algebra": (
         "linalg_lu",
         "lu_unpack",
@@ -76,17 +87,15 @@ def main() -> None:
     glow = load_pretrained(args.model).eval().requires_grad_(False)
     z = 0.5 * torch.randn(args.batch, glow.latent_dim, generator=torch.Generator().manual_seed(0))
     z.requires_grad_(True)
-    was_enabled = torch.backends.mkldnn.enabled
-    try:
-        for label, onednn in (("batch-invariant (oneDNN off)", False), ("oneDNN on", True)):
-            torch.backends.mkldnn.enabled = onednn
+    kernels = {
+        "batch-invariant (native)": batch_invariant_kernels,
+        "PyTorch default (oneDNN)": contextlib.nullcontext,
+    }
+    for label, context in kernels.items():
+        with context():
             shares, seconds = _profile(glow, z, args.repeats)
-            parts = ", ".join(f"{group} {share:.0%}" for group, share in shares.items())
-            print(
-                f"{label:30s} {seconds * 1e3:7.1f} ms per decode+backward of {args.batch}: {parts}"
-            )
-    finally:
-        torch.backends.mkldnn.enabled = was_enabled
+        parts = ", ".join(f"{group} {share:.0%}" for group, share in shares.items())
+        print(f"{label:26s} {seconds * 1e3:7.1f} ms per decode+backward of {args.batch}: {parts}")
 
 
 if __name__ == "__main__":

@@ -165,6 +165,20 @@ def test_batch_invariance_is_exact_on_underdetermined_problems(glow, name):
         assert int(alone.iterations[0]) == int(together.iterations[i])
 
 
+def test_batch_invariance_holds_where_nnpack_would_take_over(glow):
+    """From 16 samples on, PyTorch hands CPU convolutions to NNPACK, which rounds differently
+    from the per-sample native kernels."""
+    physics = compressed_sensing(20)
+    x = in_distribution(glow, 17, seed=8)
+    y = physics(x)
+    model = GlowReconstructor(glow, gamma=0.0, max_iter=8)
+    together = model.solve(y, physics)
+    for i in (0, 16):
+        alone = model.solve(y[i : i + 1], physics)
+        torch.testing.assert_close(alone.z[0], together.z[i], atol=0, rtol=0)
+        torch.testing.assert_close(alone.x[0], together.x[i], atol=0, rtol=0)
+
+
 def test_batch_invariance_with_per_sample_physics_parameters(glow):
     """A mask per sample (B, C, H, W) cannot be applied one sample at a time: the batched A is
     used, and each sample still gets its own mask."""
@@ -199,9 +213,9 @@ def test_batch_invariant_must_be_a_bool(glow):
 
 def test_kernels_flags_restored_after_solve(glow):
     physics = denoising(0.1)
-    before = torch.backends.mkldnn.enabled
+    before = torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled()
     GlowReconstructor(glow, gamma=0.01, max_iter=5)(physics(in_distribution(glow, 2, 8)), physics)
-    assert torch.backends.mkldnn.enabled == before
+    assert (torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled()) == before
 
 
 def test_batch_independence_of_random_restarts(glow64):
