@@ -375,15 +375,17 @@ def fit(
 
     :Example:
 
-    >>> import torch
+    >>> import tempfile, torch
     >>> from deepinv_glowprior import Glow
     >>> from deepinv_glowprior.train import TrainConfig, fit
     >>> glow = Glow(img_size=(1, 8, 8), levels=2, steps=2, hidden_channels=8)
     >>> data = torch.rand(32, 1, 8, 8)
-    >>> history = fit(glow, data, data, "/tmp/glow-doc", TrainConfig(iterations=4, batch_size=8,
-    ...               progress=False), resume=False)
-    >>> len(history) > 0
-    True
+    >>> config = TrainConfig(iterations=4, batch_size=8, progress=False)
+    >>> with tempfile.TemporaryDirectory() as out_dir:
+    ...     history = fit(glow, data, data, out_dir, config)
+    step 4: test bits/dim ...
+    >>> history[-1]["step"]
+    4
     """
     if not isinstance(glow, Glow):
         raise TypeError(f"glow must be a deepinv_glowprior.Glow, got {type(glow).__name__}.")
