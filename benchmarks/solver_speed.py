@@ -9,15 +9,16 @@ Wall times on a shared machine move with its load; ``image_evaluations`` (Glow f
 backward passes of one image) is the load-independent measure of work.
 
 Memory: ``solve_peak_mb`` is the peak resident set size (RSS) of the worker during the solve
-minus its RSS just before it, sampled from ``/proc/self/statm`` every 2 ms by a background
-thread. Before the baseline is read, one Glow decode and backward pass has run (so that lazily
-loaded library code is not counted; it adds about 16 MB to the first pass) and ``malloc_trim``
-has returned freed heap to the OS (so that reused heap does not hide the solve's allocations).
-It is what the solver itself needs on top of the model and the data, e.g. about 7.5 MB per
-image for one batched Glow decode and backward pass; ``memory_vs_*`` are its ratios.
-A spike shorter than the sampling interval can be missed. ``rss_before_mb`` is the baseline
-(imports, model, data: the process-wide peak, ``ru_maxrss``, is dominated by it and does not
-separate the methods).
+minus its RSS just before it. The kernel keeps the exact peak (``VmHWM`` in
+``/proc/self/status``); it is reset to the current RSS just before the solve (``clear_refs``),
+so short-lived buffers (e.g. the native convolutions' unfolded inputs, which are mapped and
+unmapped within one operator) count in full. Where the kernel refuses the reset, a thread
+samples the RSS every 2 ms instead and can miss such spikes. Before the baseline is read, one
+Glow decode and backward pass has run (so that lazily loaded library code is not counted) and
+``malloc_trim`` has returned freed heap to the OS (so that reused heap does not hide the
+solve's allocations). It is what the solver itself needs on top of the model and the data;
+``memory_vs_*`` are its ratios. ``rss_before_mb`` is the baseline (imports, model, data: the
+process-wide peak, ``ru_maxrss``, is dominated by it and does not separate the methods).
 
 Methods:
 
@@ -41,7 +42,6 @@ import csv
 import ctypes
 import json
 import math
-import os
 import subprocess
 import sys
 import threading
@@ -63,13 +63,23 @@ METHODS = ("paper", "paper-guarded", "adam", "ours")
 GAMMA = {"cs": 0.0, "denoising": 0.01, "inpainting": 0.0}
 
 
-_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(field: str) -> float:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"no {field} in /proc/self/status")
 
 
-def _rss_mb() -> float:
-    """Resident set size of this process in MB, from ``/proc/self/statm``."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * _PAGE_MB
+def _reset_peak_rss() -> bool:
+    """Set the kernel's RSS high-water mark to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _release_free_heap() -> None:
@@ -81,29 +91,36 @@ def _release_free_heap() -> None:
 
 
 class PeakRSS:
-    """Context manager sampling the RSS in a background thread; ``peak - before`` is the
-    memory the enclosed code added at its peak, in MB."""
+    """Context manager measuring ``peak - before``: the memory the enclosed code added at its
+    peak, in MB. Exact from the kernel's high-water mark where it can be reset, else sampled
+    every ``interval`` seconds by a background thread."""
 
     def __init__(self, interval: float = 0.002) -> None:
         self.interval = interval
         self.before = self.peak = 0.0
+        self.exact = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, _rss_mb())
+            self.peak = max(self.peak, _status_mb("VmRSS"))
 
     def __enter__(self) -> PeakRSS:
         _release_free_heap()
-        self.before = self.peak = _rss_mb()
-        self._thread.start()
+        self.before = self.peak = _status_mb("VmRSS")
+        self.exact = _reset_peak_rss()
+        if not self.exact:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
+        if self.exact:
+            self.peak = _status_mb("VmHWM")
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, _status_mb("VmRSS"))
 
     @property
     def added_mb(self) -> float:
@@ -211,6 +228,7 @@ def run_worker(task: str, method: str, num_images: int, threads: int) -> dict:
         "image_evaluations": sample_evaluations,
         "solve_peak_mb": memory.added_mb,
         "rss_before_mb": memory.before,
+        "peak_exact": memory.exact,
     }
 
 
