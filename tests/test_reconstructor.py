@@ -150,33 +150,31 @@ def test_batch_independence(glow, physics_name):
         assert abs(float(psnr(alone.x, x[i : i + 1])[0]) - float(psnr_together[i])) <= 0.05
 
 
+def assert_alone_as_in_batch(model, y, physics, rows) -> None:
+    """Each of ``rows`` solved alone gives, to the last bit, what it gets in the batch ``y``."""
+    together = model.solve(y, physics)
+    for i in rows:
+        alone = model.solve(y[i : i + 1], physics)
+        torch.testing.assert_close(alone.z[0], together.z[i], atol=0, rtol=0)
+        torch.testing.assert_close(alone.x[0], together.x[i], atol=0, rtol=0)
+        assert int(alone.iterations[0]) == int(together.iterations[i])
+
+
 @pytest.mark.parametrize("name", list(all_physics()))
 def test_batch_invariance_is_exact_on_underdetermined_problems(glow, name):
     """gamma = 0 with m < n has a whole manifold of solutions, so the optimiser's path decides
     which one it returns; float32 batched kernels would steer that path by the batch size."""
     physics = all_physics()[name]
-    x = in_distribution(glow, 8, seed=6)
-    y = physics(x)
-    model = GlowReconstructor(glow, gamma=0.0, max_iter=60)
-    together = model.solve(y, physics)
-    for i in (0, 5):
-        alone = model.solve(y[i : i + 1], physics)
-        torch.testing.assert_close(alone.x[0], together.x[i], atol=0, rtol=0)
-        assert int(alone.iterations[0]) == int(together.iterations[i])
+    y = physics(in_distribution(glow, 8, seed=6))
+    assert_alone_as_in_batch(GlowReconstructor(glow, gamma=0.0, max_iter=60), y, physics, (0, 5))
 
 
 def test_batch_invariance_holds_where_nnpack_would_take_over(glow):
     """From 16 samples on, PyTorch hands CPU convolutions to NNPACK, which rounds differently
     from the per-sample native kernels."""
     physics = compressed_sensing(20)
-    x = in_distribution(glow, 17, seed=8)
-    y = physics(x)
-    model = GlowReconstructor(glow, gamma=0.0, max_iter=8)
-    together = model.solve(y, physics)
-    for i in (0, 16):
-        alone = model.solve(y[i : i + 1], physics)
-        torch.testing.assert_close(alone.z[0], together.z[i], atol=0, rtol=0)
-        torch.testing.assert_close(alone.x[0], together.x[i], atol=0, rtol=0)
+    y = physics(in_distribution(glow, 17, seed=8))
+    assert_alone_as_in_batch(GlowReconstructor(glow, gamma=0.0, max_iter=8), y, physics, (0, 16))
 
 
 def test_batch_invariance_with_per_sample_physics_parameters(glow):
