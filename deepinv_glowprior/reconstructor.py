@@ -84,7 +84,7 @@ def batch_invariant_kernels() -> Iterator[None]:
     NNPACK from 16 samples on: each rounds differently, so :math:`G(z_i)` computed in a batch of
     32 differs in the last bits from :math:`G(z_i)` alone. Inside this context all three are
     off and PyTorch's native convolutions, which loop over the samples, run instead: a sample's
-    decode and gradient are then bit for bit the same in any batch (and with any number of CPU
+    decode and gradient are then bit for bit the same in any batch (on our CPU also with 1 or 2
     threads). :class:`GlowReconstructor` solves under it by default (``batch_invariant=True``).
     The switches are torch's global backend flags, restored on exit.
 
