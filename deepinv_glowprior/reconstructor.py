@@ -398,14 +398,9 @@ class GlowReconstructor(Reconstructor):
             return 0.5 * z.pow(2).sum(dim=1) + logdet
         return torch.zeros_like(z[:, 0])
 
-    @contextlib.contextmanager
-    def _kernels(self) -> Iterator[None]:
+    def _kernels(self) -> contextlib.AbstractContextManager[None]:
         """Convolutions that compute each sample alone (see ``batch_invariant``)."""
-        if not self.batch_invariant:
-            yield
-            return
-        with batch_invariant_kernels():
-            yield
+        return batch_invariant_kernels() if self.batch_invariant else contextlib.nullcontext()
 
     def _residual(self, x: torch.Tensor, y: torch.Tensor, physics) -> torch.Tensor:
         """:math:`\\|A(x_i) - y_i\\|^2` per sample ``(B,)``."""
