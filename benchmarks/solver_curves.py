@@ -13,9 +13,12 @@ For each task it prints and writes (``{out}_summary.csv``):
 - the passes per image our solver needs to come within 0.1 dB of that PSNR (first traced point
   at or above it; empty when it never does), and their ratio to the reference's passes: the
   time ratio at equal quality, since both run the same Glow with the same kernels;
-- where our default (300 iterations) stops: its PSNR and passes.
+- where our default (300 iterations) stops: its PSNR and passes;
+- how much the ratio depends on which digits were drawn: its 5th and 95th percentiles over
+  ``--resamples`` bootstrap draws of the digits (with replacement; the traces keep each digit's
+  PSNR). A draw takes the batch's passes per image, since the solvers report work per batch.
 
-The traces go to ``{out}.csv`` and the plot to ``{out}.png``. Usage::
+The traces (with each digit's PSNR) go to ``{out}.csv`` and the plot to ``{out}.png``. Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/solver_curves.py --num-images 8 \\
         --out docs/results/solver_curves
@@ -37,8 +40,9 @@ DEFAULT_ITER = 300  # GlowReconstructor's default L-BFGS iterations
 QUALITY_SLACK = 0.1  # dB below the reference's final PSNR that counts as reaching it
 
 
-def trace_solver(model, y, physics, x, every: int) -> list[tuple[int, float, float]]:
-    """``(iteration, passes per image, PSNR)`` every ``every`` iterations and at the end."""
+def trace_solver(model, y, physics, x, every: int) -> list[tuple]:
+    """``(iteration, passes per image, mean PSNR, per-digit PSNRs)`` every ``every`` iterations
+    and at the end."""
     import deepinv as dinv
     import torch
 
@@ -49,22 +53,57 @@ def trace_solver(model, y, physics, x, every: int) -> list[tuple[int, float, flo
         if iteration % every == 0:
             with torch.no_grad():
                 x_hat = model.glow.decode(best_z).nan_to_num(0.0).clamp(0, 1)
-            trace.append((iteration, sample_evaluations / len(x), float(psnr(x_hat, x).mean())))
+            values = psnr(x_hat, x)
+            trace.append(
+                (iteration, sample_evaluations / len(x), float(values.mean()), values.tolist())
+            )
 
     model.callback = record
     solution = model.solve(y, physics)
     last = int(solution.iterations.max())
     if not trace or trace[-1][0] != last:
         x_hat = solution.x.nan_to_num(0.0).clamp(0, 1)
-        trace.append((last, solution.sample_evaluations / len(x), float(psnr(x_hat, x).mean())))
+        values = psnr(x_hat, x)
+        passes = solution.sample_evaluations / len(x)
+        trace.append((last, passes, float(values.mean()), values.tolist()))
     return trace
 
 
-def summarise(task: str, reference: list, ours: list) -> dict:
+def bootstrap_ratio(
+    reference: list, ours: list, resamples: int, seed: int = 0
+) -> tuple[float, float]:
+    """5th and 95th percentiles of the equal-quality work ratio when the digits are redrawn.
+
+    ``reference`` and ``ours`` are traces whose fourth entries are per-digit PSNRs. Each draw
+    picks as many digits as there are, with replacement, and finds where our mean PSNR over them
+    first comes within the slack of the reference's final mean over them; a draw that never gets
+    there counts as an infinite ratio.
+    """
+    import numpy as np
+
+    reference_final = np.asarray(reference[-1][3])
+    ours_psnr = np.asarray([point[3] for point in ours])  # (points, digits)
+    ours_passes = np.asarray([point[1] for point in ours])
+    draws = np.random.default_rng(seed).integers(
+        0, len(reference_final), (resamples, len(reference_final))
+    )
+    target = reference_final[draws].mean(axis=1) - QUALITY_SLACK  # (resamples,)
+    reached = ours_psnr[:, draws].mean(axis=2) >= target  # (points, resamples)
+    first = reached.argmax(axis=0)
+    ratios = np.where(reached.any(axis=0), ours_passes[first] / reference[-1][1], np.inf)
+    low = np.percentile(ratios, 5, method="lower")
+    high = np.percentile(ratios, 95, method="higher")
+    return float(low), float(high)
+
+
+def summarise(task: str, reference: list, ours: list, resamples: int = 0) -> dict:
     final_psnr, reference_work = reference[-1][2], reference[-1][1]
     reached = [point for point in ours if point[2] >= final_psnr - QUALITY_SLACK]
     at_default = [point for point in ours if point[0] <= DEFAULT_ITER][-1]
     work = reached[0][1] if reached else None
+    low = high = None
+    if resamples:
+        low, high = bootstrap_ratio(reference, ours, resamples)
     return {
         "task": task,
         "reference_psnr": final_psnr,
@@ -72,6 +111,8 @@ def summarise(task: str, reference: list, ours: list) -> dict:
         "ours_passes_to_reference": work,
         "ours_iterations_to_reference": reached[0][0] if reached else None,
         "work_ratio_at_equal_psnr": None if work is None else work / reference_work,
+        "ratio_p05": low,
+        "ratio_p95": high,
         "ours_default_psnr": at_default[2],
         "ours_default_passes": at_default[1],
         "ours_best_psnr": max(point[2] for point in ours),
@@ -93,7 +134,10 @@ def plot(traces: dict, summaries: list[dict], path: Path) -> None:
         axis.axvline(summary["ours_default_passes"], color="C3", ls="--", lw=0.8)
         if summary["ours_passes_to_reference"] is not None:
             axis.plot(summary["ours_passes_to_reference"], summary["reference_psnr"], "ko", ms=4)
-        axis.set_title(f"{task}: ratio {_fmt(summary['work_ratio_at_equal_psnr'])}")
+        interval = ""
+        if summary["ratio_p05"] is not None:
+            interval = f" [{_fmt(summary['ratio_p05'])}, {_fmt(summary['ratio_p95'])}]"
+        axis.set_title(f"{task}: ratio {_fmt(summary['work_ratio_at_equal_psnr'])}{interval}")
         axis.set_xlabel("Glow passes per image")
         low = min(p[2] for m in traces[task].values() for p in m[len(m) // 10 :])
         axis.set_ylim(max(low - 1, summary["reference_psnr"] - 10), None)
@@ -116,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"subset of {list(TASKS)}")
     parser.add_argument("--ours-iter", type=int, default=600)
     parser.add_argument("--every", type=int, default=5)
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap draws (0: none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/solver_curves")
     args = parser.parse_args(argv)
@@ -146,15 +191,19 @@ def main(argv: list[str] | None = None) -> int:
         for name, points in traces[task].items():
             rows += [
                 {"task": task, "method": name, "iteration": it, "passes": work, "psnr": value}
-                for it, work, value in points
+                | {f"psnr_digit_{i}": digit for i, digit in enumerate(digits)}
+                for it, work, value, digits in points
             ]
-        summary = summarise(task, traces[task]["paper-guarded"], traces[task]["ours"])
+        summary = summarise(
+            task, traces[task]["paper-guarded"], traces[task]["ours"], args.resamples
+        )
         summaries.append(summary)
         print(
             f"{task:>10}: reference {summary['reference_psnr']:.2f} dB after "
             f"{summary['reference_passes']:.0f} passes/image; ours reaches it "
             f"(-{QUALITY_SLACK} dB) after {_fmt(summary['ours_passes_to_reference'])} passes: "
-            f"ratio {_fmt(summary['work_ratio_at_equal_psnr'])}; ours at the default "
+            f"ratio {_fmt(summary['work_ratio_at_equal_psnr'])} (digits redrawn: "
+            f"{_fmt(summary['ratio_p05'])}-{_fmt(summary['ratio_p95'])}); ours at the default "
             f"{DEFAULT_ITER} iterations: {summary['ours_default_psnr']:.2f} dB after "
             f"{summary['ours_default_passes']:.0f} passes",
             flush=True,

@@ -20,6 +20,13 @@ solve's allocations). It is what the solver itself needs on top of the model and
 ``memory_vs_*`` are its ratios. ``rss_before_mb`` is the baseline (imports, model, data: the
 process-wide peak, ``ru_maxrss``, is dominated by it and does not separate the methods).
 
+glibc raises its mmap threshold to the size of each large block freed, so later blocks of that
+size come from the heap, whose freed memory stays resident: the peak then also counts heap the
+allocator kept, which depends on the order of the allocations. ``--malloc-mmap-threshold 65536``
+fixes the threshold (``MALLOC_MMAP_THRESHOLD_`` in the workers), so every block above 64 KiB is
+returned to the OS when freed and the peak is the memory the solver holds. It slows the solves
+(each large block is mapped afresh), so take times from a run without it.
+
 Methods:
 
 - ``paper``: the reference protocol as the paper's code runs it: ``torch.optim.LBFGS`` (lr 0.1,
@@ -42,6 +49,7 @@ import csv
 import ctypes
 import json
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -257,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"subset of {list(TASKS)}")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {METHODS}")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="fix glibc's mmap threshold in the workers (memory runs; slower); default: dynamic",
+    )
     parser.add_argument("--out", default="benchmarks/results/solver_speed.csv")
     parser.add_argument("--worker", nargs=2, metavar=("TASK", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -267,16 +282,22 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(tasks) - set(TASKS)) + sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown task or method {unknown}; tasks {list(TASKS)}, methods {METHODS}")
+    if args.malloc_mmap_threshold is not None and args.malloc_mmap_threshold <= 0:
+        parser.error("--malloc-mmap-threshold must be a positive number of bytes")
+    environment = dict(os.environ)
+    if args.malloc_mmap_threshold is not None:
+        environment["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
     rows = []
     for task in tasks:
         for method in methods:
             command = [sys.executable, __file__, "--worker", task, method]
             command += ["--num-images", str(args.num_images), "--threads", str(args.threads)]
-            result = subprocess.run(command, capture_output=True, text=True)
+            result = subprocess.run(command, capture_output=True, text=True, env=environment)
             if result.returncode != 0:
                 print(f"{task} {method} failed:\n{result.stderr[-2000:]}", flush=True)
                 continue
             row = json.loads(result.stdout.strip().splitlines()[-1])
+            row["malloc_mmap_threshold"] = args.malloc_mmap_threshold or "dynamic"
             rows.append(row)
             print(
                 f"{task:>10} {method:>13}: PSNR {row['psnr']:6.2f} dB  {row['seconds']:7.1f} s  "

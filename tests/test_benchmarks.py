@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import posterior as posterior_benchmark  # noqa: E402
 import solver_curves  # noqa: E402
+import solver_speed  # noqa: E402
 
 
 def test_equal_quality_ratio_takes_the_first_point_within_the_slack():
@@ -32,6 +33,31 @@ def test_equal_quality_ratio_is_empty_when_never_reached():
     assert summary["ours_passes_to_reference"] is None
     assert summary["work_ratio_at_equal_psnr"] is None
     assert summary["ours_default_psnr"] == 20.0  # the last point within 300 iterations
+
+
+def test_bootstrap_interval_collapses_for_identical_digits_and_spans_different_ones():
+    # (iteration, passes per image, mean PSNR, per-digit PSNRs)
+    reference = [(600, 600.0, 30.0, [30.0, 30.0])]
+    same = [(5, 60.0, 25.0, [25.0, 25.0]), (10, 120.0, 30.0, [30.0, 30.0])]
+    assert solver_curves.bootstrap_ratio(reference, same, 200) == (0.2, 0.2)
+    # Digit 1 lags: a draw of digit 0 twice reaches at 60 passes, of digit 1 twice at 180.
+    reference = [(600, 600.0, 30.0, [30.0, 30.0])]
+    apart = [
+        (5, 60.0, 26.0, [30.0, 22.0]),
+        (10, 120.0, 28.0, [30.0, 26.0]),
+        (15, 180.0, 30.0, [30.0, 30.0]),
+    ]
+    low, high = solver_curves.bootstrap_ratio(reference, apart, 400)
+    assert (low, high) == (0.1, 0.3)
+    never = [(5, 60.0, 25.0, [25.0, 25.0])]
+    assert solver_curves.bootstrap_ratio(reference, never, 50) == (float("inf"), float("inf"))
+
+
+@pytest.mark.parametrize("threshold", ["0", "-4096"])
+def test_solver_speed_refuses_a_non_positive_mmap_threshold(threshold, capsys):
+    with pytest.raises(SystemExit):
+        solver_speed.main(["--malloc-mmap-threshold", threshold, "--tasks", "hole"])
+    assert "positive number of bytes" in capsys.readouterr().err
 
 
 def test_mean_spearman_skips_constant_maps_and_respects_the_mask():
