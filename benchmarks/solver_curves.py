@@ -22,6 +22,11 @@ The traces (with each digit's PSNR) go to ``{out}.csv`` and the plot to ``{out}.
 
     OMP_NUM_THREADS=1 python benchmarks/solver_curves.py --num-images 8 \\
         --out docs/results/solver_curves
+
+``--merge`` solves nothing: it reads the traces of earlier runs (for instance two runs with
+disjoint ``--tasks``, side by side on two cores) and writes their summary and plot together::
+
+    python benchmarks/solver_curves.py --merge a.csv,b.csv --out docs/results/solver_curves
 """
 
 from __future__ import annotations
@@ -146,6 +151,21 @@ def plot(traces: dict, summaries: list[dict], path: Path) -> None:
     save_figure(figure, path)
 
 
+def read_traces(path: Path) -> dict:
+    """The traces a run wrote to ``{out}.csv``: ``{task: {method: [(iteration, passes, mean PSNR,
+    per-digit PSNRs)]}}``, in the file's order."""
+    traces: dict = {}
+    with Path(path).open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            digits = [float(v) for k, v in row.items() if k.startswith("psnr_digit_")]
+            point = (int(row["iteration"]), float(row["passes"]), float(row["psnr"]), digits)
+            traces.setdefault(row["task"], {}).setdefault(row["method"], []).append(point)
+    for task, methods in traces.items():
+        if sorted(methods) != ["ours", "paper-guarded"]:
+            raise ValueError(f"{path}: task {task} needs traces of ours and paper-guarded.")
+    return traces
+
+
 def _cell(value):
     return f"{value:.4g}" if isinstance(value, float) else value
 
@@ -163,7 +183,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap draws (0: none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/solver_curves")
+    parser.add_argument("--merge", help="comma-separated trace CSVs of earlier runs to combine")
     args = parser.parse_args(argv)
+    if args.merge:
+        traces = {}
+        for path in args.merge.split(","):
+            if not Path(path).is_file():
+                parser.error(f"--merge: no file {path}")
+            for task, methods in read_traces(Path(path)).items():
+                if task in traces:
+                    parser.error(f"--merge: task {task} appears in more than one file")
+                traces[task] = methods
+        return write_outputs(traces, Path(args.out), args.resamples, announce=True)
     tasks = args.tasks.split(",")
     if unknown := sorted(set(tasks) - set(TASKS)):
         parser.error(f"unknown tasks {unknown}; choose from {list(TASKS)}")
@@ -175,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     glow, x = load_glow_and_digits(args.num_images)
-    traces, summaries, rows = {}, [], []
+    traces = {}
     for task in tasks:
         kind, physics, y = measure(task, glow, x)
         gamma = GAMMA[kind]
@@ -188,27 +219,40 @@ def main(argv: list[str] | None = None) -> int:
         traces[task] = {
             name: trace_solver(model, y, physics, x, args.every) for name, model in models.items()
         }
-        for name, points in traces[task].items():
-            rows += [
-                {"task": task, "method": name, "iteration": it, "passes": work, "psnr": value}
-                | {f"psnr_digit_{i}": digit for i, digit in enumerate(digits)}
-                for it, work, value, digits in points
-            ]
-        summary = summarise(
-            task, traces[task]["paper-guarded"], traces[task]["ours"], args.resamples
-        )
-        summaries.append(summary)
-        print(
-            f"{task:>10}: reference {summary['reference_psnr']:.2f} dB after "
-            f"{summary['reference_passes']:.0f} passes/image; ours reaches it "
-            f"(-{QUALITY_SLACK} dB) after {_fmt(summary['ours_passes_to_reference'])} passes: "
-            f"ratio {_fmt(summary['work_ratio_at_equal_psnr'])} (digits redrawn: "
-            f"{_fmt(summary['ratio_p05'])}-{_fmt(summary['ratio_p95'])}); ours at the default "
-            f"{DEFAULT_ITER} iterations: {summary['ours_default_psnr']:.2f} dB after "
-            f"{summary['ours_default_passes']:.0f} passes",
-            flush=True,
-        )
-    out = Path(args.out)
+        print_summary(summarise(task, *_pair(traces[task]), args.resamples))
+    return write_outputs(traces, Path(args.out), args.resamples)
+
+
+def _pair(methods: dict) -> tuple[list, list]:
+    return methods["paper-guarded"], methods["ours"]
+
+
+def print_summary(summary: dict) -> None:
+    print(
+        f"{summary['task']:>10}: reference {summary['reference_psnr']:.2f} dB after "
+        f"{summary['reference_passes']:.0f} passes/image; ours reaches it "
+        f"(-{QUALITY_SLACK} dB) after {_fmt(summary['ours_passes_to_reference'])} passes: "
+        f"ratio {_fmt(summary['work_ratio_at_equal_psnr'])} (digits redrawn: "
+        f"{_fmt(summary['ratio_p05'])}-{_fmt(summary['ratio_p95'])}); ours at the default "
+        f"{DEFAULT_ITER} iterations: {summary['ours_default_psnr']:.2f} dB after "
+        f"{summary['ours_default_passes']:.0f} passes",
+        flush=True,
+    )
+
+
+def write_outputs(traces: dict, out: Path, resamples: int, announce: bool = False) -> int:
+    """Summarise every task of ``traces`` (printing each if ``announce``) and write the traces,
+    summary and plot under ``out``."""
+    summaries = [summarise(task, *_pair(methods), resamples) for task, methods in traces.items()]
+    for summary in summaries if announce else ():
+        print_summary(summary)
+    rows = [
+        {"task": task, "method": name, "iteration": it, "passes": work, "psnr": value}
+        | {f"psnr_digit_{i}": digit for i, digit in enumerate(digits)}
+        for task, methods in traces.items()
+        for name, points in methods.items()
+        for it, work, value, digits in points
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, table in ((out.with_suffix(".csv"), rows), (Path(f"{out}_summary.csv"), summaries)):
         with path.open("w", newline="") as handle:

@@ -53,6 +53,42 @@ def test_bootstrap_interval_collapses_for_identical_digits_and_spans_different_o
     assert solver_curves.bootstrap_ratio(reference, never, 50) == (float("inf"), float("inf"))
 
 
+def _traces(reference_final: float, ours_psnr: list[float]) -> dict:
+    return {
+        "paper-guarded": [(600, 600.0, reference_final, [reference_final] * 2)],
+        "ours": [(5 * (i + 1), 60.0 * (i + 1), p, [p, p]) for i, p in enumerate(ours_psnr)],
+    }
+
+
+def test_merge_combines_runs_and_matches_their_summaries(tmp_path, capsys):
+    solver_curves.write_outputs({"cs0.1": _traces(30.0, [25.0, 30.0])}, tmp_path / "a", 50)
+    solver_curves.write_outputs({"hole": _traces(20.0, [20.0, 21.0])}, tmp_path / "b", 50)
+    merge = f"{tmp_path / 'a.csv'},{tmp_path / 'b.csv'}"
+    assert (
+        solver_curves.main(["--merge", merge, "--resamples", "50", "--out", str(tmp_path / "m")])
+        == 0
+    )
+    assert "cs0.1: reference 30.00 dB" in capsys.readouterr().out
+    merged = solver_curves.read_traces(tmp_path / "m.csv")
+    assert list(merged) == ["cs0.1", "hole"] and merged["hole"]["ours"][0] == (
+        5,
+        60.0,
+        20.0,
+        [20.0, 20.0],
+    )
+    summary = (tmp_path / "m_summary.csv").read_text().splitlines()
+    assert summary[1] == "cs0.1,30,600,120,10,0.2,0.2,0.2,30,120,30"
+    assert summary[2].startswith("hole,20,600,60,5,0.1,0.1,0.1,")
+    assert (tmp_path / "m.png").stat().st_size > 0
+
+
+def test_merge_refuses_a_task_in_two_files(tmp_path, capsys):
+    solver_curves.write_outputs({"hole": _traces(20.0, [20.0])}, tmp_path / "a", 0)
+    with pytest.raises(SystemExit):
+        solver_curves.main(["--merge", f"{tmp_path / 'a.csv'},{tmp_path / 'a.csv'}"])
+    assert "task hole appears in more than one file" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("threshold", ["0", "-4096"])
 def test_solver_speed_refuses_a_non_positive_mmap_threshold(threshold, capsys):
     with pytest.raises(SystemExit):
