@@ -84,9 +84,13 @@ def batch_invariant_kernels() -> Iterator[None]:
     NNPACK from 16 samples on: each rounds differently, so :math:`G(z_i)` computed in a batch of
     32 differs in the last bits from :math:`G(z_i)` alone. Inside this context all three are
     off and PyTorch's native convolutions, which loop over the samples, run instead: a sample's
-    decode and gradient are then bit for bit the same in any batch (on our CPU also with 1 or 2
-    threads). :class:`GlowReconstructor` solves under it by default (``batch_invariant=True``).
-    The switches are torch's global backend flags, restored on exit.
+    decode and gradient are then bit for bit the same in any batch of two or more. A batch of
+    one differs when torch uses several threads: the loop over samples then runs outside a
+    parallel region, and MKL may split the lone sample's matrix products over the threads
+    (it does for the shipped ``mnist32``'s convolutions on some CPUs), which rounds
+    differently; one thread, or a copy of the sample making a batch of two, gives the same bits.
+    :class:`GlowReconstructor` solves under this context by default (``batch_invariant=True``)
+    and pads lone samples so. The switches are torch's global backend flags, restored on exit.
 
     :Example:
 
@@ -191,8 +195,9 @@ class GlowReconstructor(Reconstructor):
         :math:`m < n`) the optimiser's path amplifies those last-bit differences into visibly
         different reconstructions. The price: oneDNN, NNPACK and cuDNN convolutions are
         switched off during the solve (:func:`batch_invariant_kernels`; on CPU a decode and
-        backward pass takes about 1.3x as long for 8 latents, 2.2x for 32) and ``physics.A`` is
-        applied sample by sample (unless the physics holds per-sample parameters). The switches
+        backward pass takes about 1.3x as long for 8 latents, 2.2x for 32), ``physics.A`` is
+        applied sample by sample (unless the physics holds per-sample parameters), and with
+        more than one thread a lone sample is decoded as a batch of two copies. The switches
         are torch's global backend flags, restored after the solve: other threads of the process
         running convolutions meanwhile also get the native kernels (slower, same results).
     :param bool progress: show progress bars.
@@ -402,6 +407,20 @@ class GlowReconstructor(Reconstructor):
         """Convolutions that compute each sample alone (see ``batch_invariant``)."""
         return batch_invariant_kernels() if self.batch_invariant else contextlib.nullcontext()
 
+    def _as_in_a_batch(
+        self, transform: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """``transform(inputs)``, a batch of one computed as if it had company.
+
+        From two samples on, the native convolutions loop over the samples in a parallel region,
+        where each sample's matrix product runs on one thread; a lone sample's product may be
+        split over all threads by MKL and round differently. A copy of it makes a batch of two.
+        """
+        if not (self.batch_invariant and inputs.shape[0] == 1 and torch.get_num_threads() > 1):
+            return transform(inputs)
+        outputs = transform(inputs.expand(2, *inputs.shape[1:]))
+        return tuple(output[:1] for output in outputs)
+
     def _residual(self, x: torch.Tensor, y: torch.Tensor, physics) -> torch.Tensor:
         """:math:`\\|A(x_i) - y_i\\|^2` per sample ``(B,)``."""
         if self.batch_invariant and x.shape[0] > 1:
@@ -416,7 +435,7 @@ class GlowReconstructor(Reconstructor):
         return (physics.A(x) - y).pow(2).flatten(1).sum(dim=1)
 
     def _terms(self, z: torch.Tensor, y: torch.Tensor, physics) -> tuple[torch.Tensor, ...]:
-        x, logdet = self.glow._decode(z)
+        x, logdet = self._as_in_a_batch(self.glow._decode, z)
         return self._residual(x, y, physics), self._regularization(z, logdet)
 
     def _run_solver(self, objective, z0: torch.Tensor) -> SolverResult:
@@ -471,7 +490,7 @@ class GlowReconstructor(Reconstructor):
     def _pinv_latent(self, y: torch.Tensor, physics) -> torch.Tensor:
         with torch.no_grad():
             x0 = physics.A_dagger(y).clamp(0, 1)
-            z0, _ = self.glow._encode(x0)
+            z0, _ = self._as_in_a_batch(self.glow._encode, x0)
         limit = 10 * math.sqrt(self.glow.latent_dim)
         unsafe = ~torch.isfinite(z0).all(dim=1) | (z0.norm(dim=1) > limit)
         if bool(unsafe.any()):
@@ -509,7 +528,7 @@ class GlowReconstructor(Reconstructor):
 
         result = self._run_solver(objective, z0)
         with torch.no_grad():
-            x, _ = self.glow._decode(result.z)
+            x, _ = self._as_in_a_batch(self.glow._decode, result.z)
             residual, _ = self._terms(result.z, y, physics)
         non_finite = ~torch.isfinite(x.flatten(1)).all(dim=1)
         if bool(non_finite.any()):  # cannot happen with finite objectives; never return NaN

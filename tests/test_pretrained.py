@@ -145,6 +145,21 @@ def test_deepinv_test_loop_runs_unchanged(glow, digits):
     assert metrics["PSNR"] > 20.0 and 0 < metrics["SSIM"] <= 1
 
 
+@pytest.mark.parametrize("task", ["cs", "denoising"])
+def test_a_lone_sample_gets_the_bits_it_gets_in_a_batch(glow, digits, task):
+    """The shipped model's convolutions are large enough for MKL to split one sample's matrix
+    product over both threads, which the small test Glows never show."""
+    kwargs = {"ratio": 0.5, "seed": 5} if task == "cs" else {"sigma": 0.1}
+    physics = make_physics(task, glow.img_size, **kwargs)
+    y = physics(digits[:4])
+    model = GlowReconstructor(glow, gamma=0.1, max_iter=4)
+    assert torch.get_num_threads() == 2
+    together = model.solve(y, physics)
+    alone = model.solve(y[2:3], physics)
+    torch.testing.assert_close(alone.z[0], together.z[2], atol=0, rtol=0)
+    torch.testing.assert_close(alone.x[0], together.x[2], atol=0, rtol=0)
+
+
 @pytest.mark.slow
 def test_samples_are_independent_of_their_batch(glow, digits):
     """The issue's criterion, on the hardest case: gamma = 0 at m/n = 0.5, where the optimiser's
