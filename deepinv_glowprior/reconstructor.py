@@ -423,16 +423,22 @@ class GlowReconstructor(Reconstructor):
 
     def _residual(self, x: torch.Tensor, y: torch.Tensor, physics) -> torch.Tensor:
         """:math:`\\|A(x_i) - y_i\\|^2` per sample ``(B,)``."""
-        if self.batch_invariant and x.shape[0] > 1:
+        return (self._per_sample(physics.A, x) - y).pow(2).flatten(1).sum(dim=1)
+
+    def _per_sample(
+        self, operator: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor
+    ) -> torch.Tensor:
+        """``operator(inputs)``, one sample at a time when ``batch_invariant`` asks for it."""
+        if self.batch_invariant and inputs.shape[0] > 1:
             # Matrix products (e.g. compressed sensing) round differently for different batch
-            # sizes, so A is applied to one sample at a time.
+            # sizes, so the operator sees one sample at a time.
             try:
-                measured = [physics.A(x[i : i + 1]) for i in range(x.shape[0])]
+                outputs = [operator(inputs[i : i + 1]) for i in range(inputs.shape[0])]
             except RuntimeError:  # per-sample parameters (B, ...) that one sample cannot meet
-                measured = []
-            if measured and all(m.shape[0] == 1 for m in measured):
-                return torch.cat(measured).sub(y).pow(2).flatten(1).sum(dim=1)
-        return (physics.A(x) - y).pow(2).flatten(1).sum(dim=1)
+                outputs = []
+            if outputs and all(output.shape[0] == 1 for output in outputs):
+                return torch.cat(outputs)
+        return operator(inputs)
 
     def _terms(self, z: torch.Tensor, y: torch.Tensor, physics) -> tuple[torch.Tensor, ...]:
         x, logdet = self._as_in_a_batch(self.glow._decode, z)
@@ -489,7 +495,7 @@ class GlowReconstructor(Reconstructor):
 
     def _pinv_latent(self, y: torch.Tensor, physics) -> torch.Tensor:
         with torch.no_grad():
-            x0 = physics.A_dagger(y).clamp(0, 1)
+            x0 = self._per_sample(physics.A_dagger, y).clamp(0, 1)
             z0, _ = self._as_in_a_batch(self.glow._encode, x0)
         limit = 10 * math.sqrt(self.glow.latent_dim)
         unsafe = ~torch.isfinite(z0).all(dim=1) | (z0.norm(dim=1) > limit)

@@ -145,14 +145,14 @@ def test_deepinv_test_loop_runs_unchanged(glow, digits):
     assert metrics["PSNR"] > 20.0 and 0 < metrics["SSIM"] <= 1
 
 
-@pytest.mark.parametrize("task", ["cs", "denoising"])
-def test_a_lone_sample_gets_the_bits_it_gets_in_a_batch(glow, digits, task):
+@pytest.mark.parametrize("task, init", [("cs", "zero"), ("cs", "pinv"), ("denoising", "zero")])
+def test_a_lone_sample_gets_the_bits_it_gets_in_a_batch(glow, digits, task, init):
     """The shipped model's convolutions are large enough for MKL to split one sample's matrix
     product over both threads, which the small test Glows never show."""
     kwargs = {"ratio": 0.5, "seed": 5} if task == "cs" else {"sigma": 0.1}
     physics = make_physics(task, glow.img_size, **kwargs)
     y = physics(digits[:4])
-    model = GlowReconstructor(glow, gamma=0.1, max_iter=4)
+    model = GlowReconstructor(glow, gamma=0.1, max_iter=4, init=init)
     assert torch.get_num_threads() == 2
     together = model.solve(y, physics)
     alone = model.solve(y[2:3], physics)
