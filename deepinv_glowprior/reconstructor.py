@@ -195,11 +195,12 @@ class GlowReconstructor(Reconstructor):
         :math:`m < n`) the optimiser's path amplifies those last-bit differences into visibly
         different reconstructions. The price: oneDNN, NNPACK and cuDNN convolutions are
         switched off during the solve (:func:`batch_invariant_kernels`; on CPU a decode and
-        backward pass takes about 1.3x as long for 8 latents, 2.2x for 32), ``physics.A`` is
-        applied sample by sample (unless the physics holds per-sample parameters), and with
-        more than one thread a lone sample is decoded as a batch of two copies. The switches
-        are torch's global backend flags, restored after the solve: other threads of the process
-        running convolutions meanwhile also get the native kernels (slower, same results).
+        backward pass takes about 1.3x as long for 8 latents, 2.2x for 32), ``physics.A`` (and
+        ``physics.A_dagger`` for ``init="pinv"``) is applied sample by sample (unless the physics
+        holds per-sample parameters), and with more than one thread a lone sample is decoded as
+        a batch of two copies. The switches are torch's global backend flags, restored after the
+        solve: other threads of the process running convolutions meanwhile also get the native
+        kernels (slower, same results).
     :param bool progress: show progress bars.
     :param IterationCallback callback: called after each solver iteration with the iteration
         number, the best latents so far ``(B, n)`` and the single-sample Glow evaluations so far
