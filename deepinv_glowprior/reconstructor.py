@@ -422,6 +422,10 @@ class GlowReconstructor(Reconstructor):
         outputs = transform(inputs.expand(2, *inputs.shape[1:]))
         return tuple(output[:1] for output in outputs)
 
+    def _decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:math:`G(z)` and its log-determinant, a lone sample decoded as in a batch."""
+        return self._as_in_a_batch(self.glow._decode, z)
+
     def _residual(self, x: torch.Tensor, y: torch.Tensor, physics) -> torch.Tensor:
         """:math:`\\|A(x_i) - y_i\\|^2` per sample ``(B,)``."""
         return (self._per_sample(physics.A, x) - y).pow(2).flatten(1).sum(dim=1)
@@ -442,7 +446,7 @@ class GlowReconstructor(Reconstructor):
         return operator(inputs)
 
     def _terms(self, z: torch.Tensor, y: torch.Tensor, physics) -> tuple[torch.Tensor, ...]:
-        x, logdet = self._as_in_a_batch(self.glow._decode, z)
+        x, logdet = self._decode(z)
         return self._residual(x, y, physics), self._regularization(z, logdet)
 
     def _run_solver(self, objective, z0: torch.Tensor) -> SolverResult:
@@ -535,12 +539,12 @@ class GlowReconstructor(Reconstructor):
 
         result = self._run_solver(objective, z0)
         with torch.no_grad():
-            x, _ = self._as_in_a_batch(self.glow._decode, result.z)
+            x, _ = self._decode(result.z)
             residual, _ = self._terms(result.z, y, physics)
         non_finite = ~torch.isfinite(x.flatten(1)).all(dim=1)
         if bool(non_finite.any()):  # cannot happen with finite objectives; never return NaN
             warnings.warn("Non-finite reconstruction replaced by G(0).", stacklevel=4)
-            zero_image, _ = self.glow._decode(torch.zeros_like(result.z[:1]))
+            zero_image, _ = self._decode(torch.zeros_like(result.z[:1]))
             x = torch.where(non_finite[:, None, None, None], zero_image, x)
         return GlowSolution(
             x=x.clamp(0, 1),
@@ -635,7 +639,7 @@ class GlowReconstructor(Reconstructor):
                 stacklevel=4,
             )
         with torch.no_grad():
-            x, _ = self.glow._decode(solution.z)
+            x, _ = self._decode(solution.z)
         low, high = float(x.min()), float(x.max())
         if low < -_RANGE_MARGIN or high > 1 + _RANGE_MARGIN:
             warnings.warn(
