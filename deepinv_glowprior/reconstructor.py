@@ -42,6 +42,10 @@ _NO_PROGRESS_RTOL = 1e-6  # relative decrease below which a sample made no progr
 _MANY_HALVINGS = 4.0  # mean step shrink per iteration, in halvings: lr >= 16x too large
 _MANY_REJECTED = 0.1  # fraction of trial steps rejected as non-finite
 _RANGE_MARGIN = 1.0  # G(z) beyond [-margin, 1 + margin] before clamping: y is off-scale
+# The retry of misfit samples starts like the reference protocol at CS, with steps of 0.1, for
+# this fraction of its iterations (50 of the default 300).
+_RETRY_DAMPED_FRACTION = 1 / 6
+_RETRY_DAMPED_LR = 0.1
 
 
 @dataclass
@@ -53,8 +57,10 @@ class GlowSolution:
     :param torch.Tensor objective: final objective values ``(B,)``.
     :param torch.Tensor residual: :math:`\\|A(G(z)) - y\\|^2` per sample ``(B,)``.
     :param torch.Tensor gamma: regularisation weight used per sample ``(B,)``.
-    :param torch.Tensor iterations: solver iterations per sample (all restarts and grid points).
-    :param list history: objective ``(B,)`` after each iteration of the last solve.
+    :param torch.Tensor iterations: solver iterations per sample (all restarts, grid points and
+        the retry of a misfit).
+    :param list history: objective ``(B,)`` after each iteration of the last solve of the whole
+        batch (not of the retry of misfit samples).
     :param int evaluations: batched Glow forward+backward evaluations.
     :param int sample_evaluations: Glow forward+backward evaluations of single images (the
         solver evaluates only the samples that still need it).
@@ -158,6 +164,11 @@ class GlowReconstructor(Reconstructor):
     :math:`\gamma` whose residual satisfies :math:`\|A(G(z)) - y\|^2 \le \tau\, m\, \sigma^2`
     (:math:`m` entries of :math:`y`, :math:`\sigma` from ``physics.noise_model``).
 
+    A sample whose residual ends far above the noise level (``retry_misfit`` times
+    :math:`m\sigma^2`) has not explained :math:`y`; usually a long early step has taken it into a
+    local minimum. It is solved once more from its start with short first steps (those of the
+    reference protocol) and keeps the better of the two solutions.
+
     Works under ``torch.no_grad()`` callers such as :func:`deepinv.test`.
 
     Results are always finite, but a ``UserWarning`` says when one is not to be trusted: ``y``
@@ -177,6 +188,14 @@ class GlowReconstructor(Reconstructor):
     :param float init_std: standard deviation of random initialisations.
     :param int restarts: solves per sample; restarts after the first start from random latents,
         and each sample keeps its lowest objective.
+    :param float | None retry_misfit: a sample whose residual ends above ``retry_misfit``
+        :math:`\cdot\, m \sigma^2` (that many times the expected noise energy: it has not
+        explained :math:`y`, typically a local minimum) is solved once more from its start, the
+        first sixth of the iterations (50 of 300) at the reference protocol's short step 0.1
+        (``damped_iter`` of :func:`~deepinv_glowprior.solvers.batched_lbfgs`), and keeps the
+        solution with the lower objective. Only with L-BFGS, a fixed ``gamma``, a
+        ``GaussianNoise`` of one level :math:`\sigma > 0`, and a physics that acts on each image
+        alone; ``None``: never.
     :param str optimizer: ``"lbfgs"`` or ``"adam"``.
     :param float lr: initial step (L-BFGS, default 1) or learning rate (Adam, default 0.01).
     :param int max_iter: iterations per solve (default 300 for L-BFGS, 2000 for Adam).
@@ -205,7 +224,8 @@ class GlowReconstructor(Reconstructor):
     :param IterationCallback callback: called after each solver iteration with the iteration
         number, the best latents so far ``(B, n)`` and the single-sample Glow evaluations so far
         (:data:`~deepinv_glowprior.solvers.IterationCallback`), e.g. to plot PSNR against work;
-        each restart (and each ``gamma="auto"`` grid value) counts from 1 again.
+        each restart (and each ``gamma="auto"`` grid value) counts from 1 again, while the retry
+        of misfit samples counts on from the solve it follows.
 
     |sep|
 
@@ -230,6 +250,7 @@ class GlowReconstructor(Reconstructor):
         init: str | torch.Tensor | Callable = "zero",
         init_std: float = 0.1,
         restarts: int = 1,
+        retry_misfit: float | None = 3.0,
         optimizer: str = "lbfgs",
         lr: float | None = None,
         max_iter: int | None = None,
@@ -263,6 +284,10 @@ class GlowReconstructor(Reconstructor):
         if line_search not in ("armijo", "guard"):
             raise ValueError(f"line_search must be 'armijo' or 'guard', got {line_search!r}.")
         check_positive_int(restarts, name="restarts")
+        if retry_misfit is not None:
+            retry_misfit = check_nonnegative_number(
+                retry_misfit, name="retry_misfit", allow_zero=False
+            )
         check_positive_int(memory, name="memory")
         if max_iter is not None:
             check_positive_int(max_iter, name="max_iter")
@@ -274,6 +299,7 @@ class GlowReconstructor(Reconstructor):
         self.init = init
         self.init_std = check_nonnegative_number(init_std, name="init_std")
         self.restarts = restarts
+        self.retry_misfit = retry_misfit
         self.optimizer = optimizer
         self.lr = (
             _DEFAULTS[optimizer]["lr"]
@@ -336,6 +362,7 @@ class GlowReconstructor(Reconstructor):
             "memory": 100,
             "tol": 1e-9,
             "max_step": float("inf"),
+            "retry_misfit": None,
         }
         if task == "cs":
             settings.update(lr=0.1, max_iter=30 * 20)
@@ -449,7 +476,9 @@ class GlowReconstructor(Reconstructor):
         x, logdet = self._decode(z)
         return self._residual(x, y, physics), self._regularization(z, logdet)
 
-    def _run_solver(self, objective, z0: torch.Tensor) -> SolverResult:
+    def _run_solver(
+        self, objective, z0: torch.Tensor, damped_iter: int = 0, callback=None
+    ) -> SolverResult:
         if self.optimizer == "adam":
             return batched_adam(
                 objective,
@@ -459,7 +488,7 @@ class GlowReconstructor(Reconstructor):
                 tol=self.tol,
                 row_subsets=self._row_subsets,
                 progress=self.progress,
-                callback=self.callback,
+                callback=callback or self.callback,
             )
         return batched_lbfgs(
             objective,
@@ -470,9 +499,11 @@ class GlowReconstructor(Reconstructor):
             tol=self.tol,
             line_search=self.line_search,
             max_step=self.max_step,
+            damped_iter=damped_iter,
+            damped_lr=_RETRY_DAMPED_LR,
             row_subsets=self._row_subsets,
             progress=self.progress,
-            callback=self.callback,
+            callback=callback or self.callback,
         )
 
     def _initial_latent(self, y: torch.Tensor, physics, restart: int) -> torch.Tensor:
@@ -526,18 +557,64 @@ class GlowReconstructor(Reconstructor):
             no_decrease = start - solution.objective <= _NO_PROGRESS_RTOL * start.abs()
             stuck &= no_decrease & (start > 0)  # a start with objective 0 is already optimal
             best = solution if best is None else _keep_better(best, solution)
+        best = self._retry_misfits(y, physics, gamma, best)
         self._diagnose(best, stuck)
         return best
 
+    def _retry_misfits(
+        self, y: torch.Tensor, physics, gamma: torch.Tensor, solution: GlowSolution
+    ) -> GlowSolution:
+        """Solve the samples whose residual is far above the noise level again, damped at first."""
+        if self.retry_misfit is None or self.optimizer != "lbfgs" or not self._row_subsets:
+            return solution
+        try:
+            sigma = noise_sigma(physics)
+        except ValueError:  # no single known Gaussian noise level: no misfit threshold
+            return solution
+        misfit = solution.residual > self.retry_misfit * y[0].numel() * sigma**2
+        rows = misfit.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return solution
+        callback = None
+        if self.callback is not None:  # report full-batch latents, counting on from the solve
+            done_iterations, done_evaluations = (
+                int(solution.iterations.max()),
+                (solution.sample_evaluations),
+            )
+
+            def callback(iteration: int, rows_z: torch.Tensor, evaluations: int) -> None:
+                self.callback(
+                    done_iterations + iteration,
+                    solution.z.index_copy(0, rows, rows_z),
+                    done_evaluations + evaluations,
+                )
+
+        z0 = self._initial_latent(y, physics, 0)[rows]
+        retry = self._solve_fixed_gamma(
+            y[rows],
+            physics,
+            gamma[rows],
+            z0,
+            damped_iter=round(self.max_iter * _RETRY_DAMPED_FRACTION),
+            callback=callback,
+        )
+        return _keep_better_rows(solution, retry, rows)
+
     def _solve_fixed_gamma(
-        self, y: torch.Tensor, physics, gamma: torch.Tensor, z0: torch.Tensor
+        self,
+        y: torch.Tensor,
+        physics,
+        gamma: torch.Tensor,
+        z0: torch.Tensor,
+        damped_iter: int = 0,
+        callback: IterationCallback | None = None,
     ) -> GlowSolution:
         def objective(z: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
             rows = slice(None) if rows is None else rows
             residual, regularization = self._terms(z, y[rows], physics)
             return residual + gamma[rows] * regularization
 
-        result = self._run_solver(objective, z0)
+        result = self._run_solver(objective, z0, damped_iter, callback)
         with torch.no_grad():
             x, _ = self._decode(result.z)
             residual, _ = self._terms(result.z, y, physics)
@@ -655,6 +732,36 @@ class GlowReconstructor(Reconstructor):
 def _keep_better(current: GlowSolution, candidate: GlowSolution) -> GlowSolution:
     """Per sample, the solution with the lower objective."""
     return _take(current, candidate, candidate.objective < current.objective)
+
+
+def _keep_better_rows(
+    current: GlowSolution, candidate: GlowSolution, rows: torch.Tensor
+) -> GlowSolution:
+    """``current`` with its samples ``rows`` replaced by ``candidate``'s (a solve of those rows
+    alone) where that has the lower objective; work counts add up, the history stays."""
+    better = candidate.objective < current.objective[rows]
+    replace = rows[better]
+
+    def put(whole: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+        return whole.index_copy(0, replace, part[better])
+
+    iterations = current.iterations.index_add(0, rows, candidate.iterations)
+    step_shrink = current.step_shrink
+    if step_shrink is not None and candidate.step_shrink is not None:
+        step_shrink = step_shrink.index_add(0, rows, candidate.step_shrink)
+    return GlowSolution(
+        x=put(current.x, candidate.x),
+        z=put(current.z, candidate.z),
+        objective=put(current.objective, candidate.objective),
+        residual=put(current.residual, candidate.residual),
+        gamma=current.gamma,
+        iterations=iterations,
+        history=current.history,
+        evaluations=current.evaluations + candidate.evaluations,
+        sample_evaluations=current.sample_evaluations + candidate.sample_evaluations,
+        rejected_steps=current.rejected_steps + candidate.rejected_steps,
+        step_shrink=step_shrink,
+    )
 
 
 def _take(current: GlowSolution, candidate: GlowSolution, mask: torch.Tensor) -> GlowSolution:

@@ -8,6 +8,7 @@ step, so iterates stay where the generator is finite.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -148,6 +149,8 @@ def batched_lbfgs(
     line_search: str = "armijo",
     max_step: float | None = None,
     max_backtracks: int = 20,
+    damped_iter: int = 0,
+    damped_lr: float = 0.1,
     row_subsets: bool = False,
     progress: bool = False,
     callback: IterationCallback | None = None,
@@ -166,6 +169,11 @@ def batched_lbfgs(
     otherwise :math:`t` is halved. A sample stops when its relative decrease falls below ``tol``,
     its gradient's largest entry below ``grad_tol``, or no step is accepted twice in a row.
 
+    The first ``damped_iter`` iterations take the short step ``damped_lr`` instead, with the
+    ``"guard"`` rule and no ``max_step``: the reference protocol's slow start, which follows the
+    descent path from :math:`z_0` more closely and can avoid a local minimum that long first
+    steps run into. The curvature pairs gathered meanwhile are kept.
+
     :param objective: maps ``(B, n)`` latents to ``(B,)`` values; must be differentiable.
     :param torch.Tensor z0: starting latents ``(B, n)``.
     :param int max_iter: iterations (one direction and line search each).
@@ -176,6 +184,8 @@ def batched_lbfgs(
     :param str line_search: ``"armijo"`` or ``"guard"``.
     :param float max_step: largest Euclidean step in latent space (``None``: no cap).
     :param int max_backtracks: step halvings before a line search gives up.
+    :param int damped_iter: iterations at the short step ``damped_lr`` before the others.
+    :param float damped_lr: the step of those iterations.
     :param bool row_subsets: call ``objective(z, rows)`` on the rows still searching only, so
         samples that stopped or accepted their step cost nothing (``rows`` indexes the batch).
     :param bool progress: show a progress bar.
@@ -195,6 +205,10 @@ def batched_lbfgs(
         raise ValueError(f"line_search must be 'armijo' or 'guard', got {line_search!r}.")
     if z0.dim() != 2:
         raise ValueError(f"z0 must have shape (B, n), got {tuple(z0.shape)}.")
+    if isinstance(damped_iter, bool) or not isinstance(damped_iter, int) or damped_iter < 0:
+        raise ValueError(f"damped_iter must be an int >= 0, got {damped_iter!r}.")
+    if not (isinstance(damped_lr, (int, float)) and math.isfinite(damped_lr) and damped_lr > 0):
+        raise ValueError(f"damped_lr must be a finite number > 0, got {damped_lr!r}.")
     evaluate = _Evaluator(objective, row_subsets)
     batch, dim = z0.shape
     z = z0.detach().clone()
@@ -219,17 +233,19 @@ def batched_lbfgs(
     best_z, best_f = z.clone(), f.clone()
     bar = _progress_bar(max_iter, progress, "L-BFGS")
     for iteration in range(max_iter):
+        damped = iteration < damped_iter
+        step, rule = (damped_lr, "guard") if damped else (lr, line_search)
         newest_first = [(iteration - 1 - k) % memory for k in range(min(iteration, memory))]
         direction = _two_loop_direction(g, steps, grad_changes, rho, newest_first, initial_scale)
         slope = (g * direction).sum(dim=1)
         not_descent = ~(slope < 0)
         direction[not_descent] = -g[not_descent]
         slope = torch.where(not_descent, -(g * g).sum(dim=1), slope)
-        t = torch.full_like(f, lr)
+        t = torch.full_like(f, step)
         first_order = ~has_pairs | not_descent
-        t = torch.where(first_order, lr * torch.clamp(1.0 / g.abs().sum(dim=1), max=1.0), t)
+        t = torch.where(first_order, step * torch.clamp(1.0 / g.abs().sum(dim=1), max=1.0), t)
         nominal = t.clone()
-        if max_step is not None:
+        if max_step is not None and not damped:
             t = torch.minimum(t, max_step / direction.norm(dim=1).clamp_min(1e-30))
 
         pending = active.clone()
@@ -239,7 +255,7 @@ def batched_lbfgs(
             trial = z[rows] + t[rows, None] * direction[rows]
             f_trial, g_trial = evaluate(trial, rows, z)
             f_now = f[rows]
-            if line_search == "armijo":
+            if rule == "armijo":
                 ok = f_trial <= f_now + _ARMIJO_C1 * t[rows] * slope[rows]
             else:
                 ok = torch.isfinite(f_trial) & (f_trial <= _EXPLOSION_FACTOR * (f_now.abs() + 1))

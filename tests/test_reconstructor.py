@@ -248,6 +248,103 @@ def test_restarts_never_worse_than_first_start(glow):
     torch.testing.assert_close(best.x, x_from_z, atol=1e-5, rtol=0)
 
 
+# -- retry of misfit samples -------------------------------------------------------------------
+
+
+def misfit_case(glow):
+    """CS with noise, solved briefly (10 iterations, no retry), so residuals stay far above the
+    noise level; returns physics, y, that solution and m * sigma^2."""
+    physics = compressed_sensing(40, 0.01)
+    y = physics(in_distribution(glow, 6, seed=21))
+    first = GlowReconstructor(glow, max_iter=10, retry_misfit=None).solve(y, physics)
+    return physics, y, first, y[0].numel() * 0.01**2
+
+
+def test_retry_misfit_solves_again_only_the_misfit_samples(glow):
+    physics, y, first, noise_energy = misfit_case(glow)
+    # A threshold between the residuals: the samples above it are retried, the others kept.
+    threshold = float(first.residual.median())
+    misfit = first.residual > threshold
+    assert 0 < int(misfit.sum()) < len(y)
+    model = GlowReconstructor(glow, max_iter=10, retry_misfit=threshold / noise_energy)
+    retried = model.solve(y, physics)
+    torch.testing.assert_close(retried.z[~misfit], first.z[~misfit], atol=0, rtol=0)
+    assert torch.equal(retried.iterations[~misfit], first.iterations[~misfit])
+    assert bool((retried.iterations[misfit] > first.iterations[misfit]).all())
+    assert bool((retried.objective <= first.objective).all())
+    assert retried.sample_evaluations > first.sample_evaluations
+    assert retried.evaluations > first.evaluations
+    # x, z, objective and residual belong to the same solve.
+    with torch.no_grad():
+        torch.testing.assert_close(retried.x, glow.decode(retried.z).clamp(0, 1), atol=1e-5, rtol=0)
+        expected = (physics.A(glow.decode(retried.z)) - y).pow(2).flatten(1).sum(1)
+    torch.testing.assert_close(retried.residual, expected, atol=1e-4, rtol=1e-3)
+
+
+def test_retry_misfit_keeps_batch_invariance(glow64):
+    physics = compressed_sensing(40, 0.01)
+    physics.to(torch.float64)
+    y = physics(in_distribution(glow64, 5, seed=22))
+    model = GlowReconstructor(glow64, max_iter=10, retry_misfit=1.0)
+    assert_alone_as_in_batch(model, y, physics, (0, 4))
+
+
+@pytest.mark.parametrize(
+    "physics",
+    [
+        compressed_sensing(40),  # no noise level to compare the residual with
+        dinv.physics.CompressedSensing(
+            m=40,
+            img_size=IMG,
+            noise_model=dinv.physics.PoissonNoise(gain=0.1, clip_positive=True),
+        ),
+    ],
+    ids=["noiseless", "poisson"],
+)
+def test_no_retry_without_a_gaussian_noise_level(glow, physics):
+    x = in_distribution(glow, 3, seed=23)
+    y = physics(x).clamp_min(0)
+    plain = GlowReconstructor(glow, max_iter=10, retry_misfit=None).solve(y, physics)
+    default = GlowReconstructor(glow, max_iter=10).solve(y, physics)
+    assert default.sample_evaluations == plain.sample_evaluations
+    torch.testing.assert_close(default.z, plain.z, atol=0, rtol=0)
+
+
+def test_no_retry_with_adam_gamma_auto_or_the_paper_preset(glow):
+    physics, y, first, _ = misfit_case(glow)
+    assert GlowReconstructor.from_preset(glow, "paper").retry_misfit is None
+    for options in ({"optimizer": "adam", "max_iter": 10}, {"gamma": "auto", "max_iter": 5}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with_retry = GlowReconstructor(glow, retry_misfit=1e-6, **options).solve(y, physics)
+            without = GlowReconstructor(glow, retry_misfit=None, **options).solve(y, physics)
+        assert with_retry.sample_evaluations == without.sample_evaluations
+
+
+def test_callback_counts_on_through_the_retry(glow):
+    physics, y, first, _ = misfit_case(glow)
+    trace = []
+    model = GlowReconstructor(
+        glow,
+        max_iter=10,
+        retry_misfit=1.0,
+        callback=lambda it, z, work: trace.append((it, z.shape, work)),
+    )
+    solution = model.solve(y, physics)
+    iterations = [step[0] for step in trace]
+    assert iterations == list(range(1, len(iterations) + 1))
+    assert len(iterations) > int(first.iterations.max())
+    assert all(step[1] == (len(y), N) for step in trace)
+    works = [step[2] for step in trace]
+    assert works == sorted(works) and works[-1] == solution.sample_evaluations
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, math.nan, "3"])
+def test_bad_retry_misfit(glow, value):
+    with pytest.raises((TypeError, ValueError), match="retry_misfit"):
+        GlowReconstructor(glow, retry_misfit=value)
+
+
 # -- initialisations ---------------------------------------------------------------------------
 
 

@@ -353,3 +353,56 @@ def test_callback_traces_the_best_iterate_and_the_work(solver):
     objective = quadratic(matrices, vectors)
     values = torch.stack([objective(step[1]) for step in trace])
     assert bool((values[1:] <= values[:-1] + 1e-12).all())  # the best iterate never gets worse
+
+
+# -- damped first iterations ------------------------------------------------------------------
+
+
+def test_lbfgs_damped_iterations_take_short_steps_then_converge():
+    """On ||z - t||^2 the L-BFGS step from the second iteration on is exact; damped at 0.1 it
+    covers a tenth of the way, and the pairs gathered meanwhile still serve the full steps."""
+    target = torch.tensor([[3.0, -1.0, 2.0], [0.5, 0.5, -4.0]], dtype=DOUBLE)
+
+    def objective(z: torch.Tensor) -> torch.Tensor:
+        return ((z - target) ** 2).sum(dim=1)
+
+    z0 = torch.zeros_like(target)
+    damped = batched_lbfgs(objective, z0, max_iter=5, tol=0.0, damped_iter=5, damped_lr=0.1)
+    # Four steps of a tenth of the way each, after a first one scaled down further (no
+    # curvature pair yet) to at most a tenth.
+    remaining = (damped.z - target).norm(dim=1) / target.norm(dim=1)
+    assert bool((remaining >= 0.9**5 - 1e-9).all()), remaining
+    assert bool((remaining <= 0.9**4 + 1e-9).all()), remaining
+    plain = batched_lbfgs(objective, z0, max_iter=5, tol=0.0)
+    assert bool(((plain.z - target).norm(dim=1) < 1e-6).all())
+    finished = batched_lbfgs(objective, z0, max_iter=30, damped_iter=5, damped_lr=0.1)
+    torch.testing.assert_close(finished.z, target, atol=1e-6, rtol=0)
+
+
+def test_lbfgs_damped_iterations_ignore_max_step_and_armijo():
+    """The damped phase is the reference protocol's fixed step: max_step does not cap it."""
+    target = torch.full((1, 4), 100.0, dtype=DOUBLE)
+    result = batched_lbfgs(
+        lambda z: ((z - target) ** 2).sum(dim=1),
+        torch.zeros(1, 4, dtype=DOUBLE),
+        max_iter=3,
+        max_step=0.01,
+        tol=0.0,
+        damped_iter=3,
+        damped_lr=0.5,
+    )
+    assert float(result.z.norm()) > 3 * 0.01
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"damped_iter": -1}, "damped_iter"),
+        ({"damped_iter": 2.0}, "damped_iter"),
+        ({"damped_lr": 0.0}, "damped_lr"),
+        ({"damped_lr": math.inf}, "damped_lr"),
+    ],
+)
+def test_lbfgs_bad_damping(options, match):
+    with pytest.raises(ValueError, match=match):
+        batched_lbfgs(_sum_of_squares, torch.ones(1, 2), **options)
