@@ -23,16 +23,19 @@ def test_equal_quality_ratio_takes_the_first_point_within_the_slack():
     assert summary["reference_psnr"] == 30.0 and summary["reference_passes"] == 600.0
     assert summary["ours_iterations_to_reference"] == 10  # 29.95 is within 0.1 dB
     assert summary["work_ratio_at_equal_psnr"] == pytest.approx(20.0 / 600.0)
-    assert summary["ours_default_psnr"] == 33.0 and summary["ours_best_psnr"] == 33.0
+    assert summary["ours_final_psnr"] == 33.0 and summary["ours_best_psnr"] == 33.0
+    assert summary["ours_final_passes"] == 310.0
 
 
 def test_equal_quality_ratio_is_empty_when_never_reached():
     summary = solver_curves.summarise(
-        "hole", [(400, 400.0, 30.0)], [(5, 10.0, 20.0), (600, 620.0, 29.8)]
+        "hole", [(400, 400.0, 30.0)], [(5, 10.0, 20.0), (300, 320.0, 29.8), (310, 330.0, 25.0)]
     )
     assert summary["ours_passes_to_reference"] is None
     assert summary["work_ratio_at_equal_psnr"] is None
-    assert summary["ours_default_psnr"] == 20.0  # the last point within 300 iterations
+    # Where the solver stopped (the retry's dip included), and the best point on the way.
+    assert (summary["ours_final_psnr"], summary["ours_final_passes"]) == (25.0, 330.0)
+    assert summary["ours_best_psnr"] == 29.8
 
 
 def test_bootstrap_interval_collapses_for_identical_digits_and_spans_different_ones():
@@ -106,3 +109,27 @@ def test_mean_spearman_skips_constant_maps_and_respects_the_mask():
     assert value == pytest.approx(0.0)  # image 0 on its mask: -1, image 1: +1
     constant = torch.ones(2, 1, 2, 2)
     assert torch.isnan(torch.tensor(posterior_benchmark._mean_spearman(constant, error)))
+
+
+def test_trace_ends_with_what_the_solve_returns():
+    """After a retry of misfit samples the solve may keep latents the callback did not see last."""
+    from types import SimpleNamespace
+
+    class Model:
+        glow = SimpleNamespace(decode=lambda z: z.view(-1, 1, 2, 2))
+        callback = None
+
+        def solve(self, y, physics):
+            self.callback(5, torch.zeros(2, 4), 16)  # a retry's latents, not the ones kept
+            return SimpleNamespace(
+                x=torch.full((2, 1, 2, 2), 0.5),
+                iterations=torch.tensor([5, 3]),
+                sample_evaluations=20,
+            )
+
+    truth = torch.full((2, 1, 2, 2), 0.6)
+    trace = solver_curves.trace_solver(Model(), None, None, truth, every=5)
+    assert len(trace) == 1
+    iteration, passes, mean_psnr, _ = trace[0]
+    assert (iteration, passes) == (5, 10.0)
+    assert mean_psnr == pytest.approx(20.0, abs=1e-4)  # of x = 0.5, not of G(0) = 0
