@@ -7,6 +7,12 @@ example, the stopping tolerances compared in the docs::
 
     OMP_NUM_THREADS=1 python benchmarks/solver_settings.py --num-images 8 \\
         --settings '{"default": {}, "tol1e-5": {"tol": 1e-5}, "tol1e-4": {"tol": 1e-4}}'
+
+``--misfits`` also lists the digits whose residual ends above :math:`3 m\\sigma^2`, the samples
+that ``retry_misfit`` solves again; for example, with and without the retry::
+
+    OMP_NUM_THREADS=1 python benchmarks/solver_settings.py --num-images 32 --tasks cs0.25,cs0.5 \\
+        --misfits --settings '{"no-retry": {"retry_misfit": null}, "default": {}}'
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         "--settings", default='{"default": {}}', help="JSON: name -> GlowReconstructor kwargs"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--misfits",
+        action="store_true",
+        help="list the digits whose residual ends above 3 m sigma^2 (retry_misfit's default)",
+    )
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     if unknown := sorted(set(tasks) - set(TASKS)):
@@ -46,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from deepinv_glowprior import GlowReconstructor
+    from deepinv_glowprior.reconstructor import noise_sigma
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -58,11 +70,31 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             solution = model.solve(y, physics)
             seconds = time.perf_counter() - started
+            values = psnr(solution.x, x)
             print(
-                f"{task:>10} {name:>12}: PSNR {float(psnr(solution.x, x).mean()):7.3f} dB  "
+                f"{task:>10} {name:>12}: PSNR {float(values.mean()):7.3f} dB  "
                 f"{solution.sample_evaluations / len(x):6.1f} passes/image  {seconds:6.1f} s",
                 flush=True,
             )
+            if args.misfits:
+                print_misfits(
+                    solution.residual / (y[0].numel() * noise_sigma(physics) ** 2), values
+                )
+    return 0
+
+
+def print_misfits(misfit, psnr_values) -> None:
+    """Each digit whose residual is above 3 m sigma^2 (the default ``retry_misfit``), with its
+    PSNR, and the largest ratio among the others."""
+    above = (misfit > 3).nonzero().squeeze(1).tolist()
+    for digit in above:
+        print(
+            f"{'':>24}digit {digit}: residual {float(misfit[digit]):.3g} x m sigma^2, "
+            f"PSNR {float(psnr_values[digit]):.2f} dB"
+        )
+    rest = [float(value) for i, value in enumerate(misfit) if i not in above]
+    if rest:
+        print(f"{'':>24}other digits: residual at most {max(rest):.3g} x m sigma^2", flush=True)
     return 0
 
 
