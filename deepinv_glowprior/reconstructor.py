@@ -193,9 +193,9 @@ class GlowReconstructor(Reconstructor):
         explained :math:`y`, typically a local minimum) is solved once more from its start, the
         first sixth of the iterations (50 of 300) at the reference protocol's short step 0.1
         (``damped_iter`` of :func:`~deepinv_glowprior.solvers.batched_lbfgs`), and keeps the
-        solution with the lower objective. Only with L-BFGS, a fixed ``gamma``, a
-        ``GaussianNoise`` of one level :math:`\sigma > 0`, and a physics that acts on each image
-        alone; ``None``: never.
+        solution with the lower objective. Only with L-BFGS, ``gamma=0`` (a larger one holds the
+        residual above the noise level by itself), a ``GaussianNoise`` of one level
+        :math:`\sigma > 0`, and a physics that acts on each image alone; ``None``: never.
     :param str optimizer: ``"lbfgs"`` or ``"adam"``.
     :param float lr: initial step (L-BFGS, default 1) or learning rate (Adam, default 0.01).
     :param int max_iter: iterations per solve (default 300 for L-BFGS, 2000 for Adam).
@@ -565,7 +565,13 @@ class GlowReconstructor(Reconstructor):
         self, y: torch.Tensor, physics, gamma: torch.Tensor, solution: GlowSolution
     ) -> GlowSolution:
         """Solve the samples whose residual is far above the noise level again, damped at first."""
-        if self.retry_misfit is None or self.optimizer != "lbfgs" or not self._row_subsets:
+        # With gamma > 0 the regulariser itself holds the residual above the noise level.
+        if (
+            self.retry_misfit is None
+            or self.optimizer != "lbfgs"
+            or not self._row_subsets
+            or bool((gamma > 0).any())
+        ):
             return solution
         try:
             sigma = noise_sigma(physics)

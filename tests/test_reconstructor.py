@@ -310,10 +310,14 @@ def test_no_retry_without_a_gaussian_noise_level(glow, physics):
     torch.testing.assert_close(default.z, plain.z, atol=0, rtol=0)
 
 
-def test_no_retry_with_adam_gamma_auto_or_the_paper_preset(glow):
+def test_no_retry_with_adam_gamma_auto_or_positive_or_the_paper_preset(glow):
     physics, y, first, _ = misfit_case(glow)
     assert GlowReconstructor.from_preset(glow, "paper").retry_misfit is None
-    for options in ({"optimizer": "adam", "max_iter": 10}, {"gamma": "auto", "max_iter": 5}):
+    for options in (
+        {"optimizer": "adam", "max_iter": 10},
+        {"gamma": "auto", "max_iter": 5},
+        {"gamma": 1e-3, "max_iter": 10},
+    ):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with_retry = GlowReconstructor(glow, retry_misfit=1e-6, **options).solve(y, physics)
