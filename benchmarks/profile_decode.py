@@ -3,9 +3,10 @@
 Every solver iteration costs one decode of the batch's latents and one backward pass; this script
 profiles that unit on a shipped Glow and prints the share of convolutions, of the 1x1
 convolutions' LU algebra (what caching their inverses could save) and of everything else, with
-the batch-invariant native kernels (``batch_invariant_kernels`` of the reconstructor module, what
-``GlowReconstructor(batch_invariant=True)``, the default, solves with) and with PyTorch's default
-kernels (oneDNN, and NNPACK from 16 samples on).
+the three kernel choices of :mod:`deepinv_glowprior.batch_invariance`: oneDNN in chunks of at most
+15 samples (what ``GlowReconstructor(batch_invariant=True)``, the default, solves with where the
+probe finds it batch-invariant), the native kernels (its fallback), and PyTorch's default kernels
+(oneDNN on the whole batch, and NNPACK from 16 samples on; not batch-invariant).
 
 Usage::
 
@@ -23,7 +24,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from deepinv_glowprior import load_pretrained
-from deepinv_glowprior.reconstructor import batch_invariant_kernels
+from deepinv_glowprior.batch_invariance import (
+    InvariantEvaluator,
+    batch_invariant_kernels,
+    onednn_chunks_are_invariant,
+)
 
 # Operator-name prefixes (after "aten::"); the LU group is the 1x1 convolutions' weight algebra.
 GROUPS = {
@@ -49,10 +54,10 @@ GROUPS = {
 }
 
 
-def _profile(glow, z: torch.Tensor, repeats: int) -> tuple[dict[str, float], float]:
+def _profile(decode, z: torch.Tensor, repeats: int) -> tuple[dict[str, float], float]:
     def step() -> None:
         z.grad = None
-        glow.decode(z).pow(2).sum().backward()
+        decode(z).pow(2).sum().backward()
 
     for _ in range(2):
         step()
@@ -87,13 +92,21 @@ def main() -> None:
     glow = load_pretrained(args.model).eval().requires_grad_(False)
     z = 0.5 * torch.randn(args.batch, glow.latent_dim, generator=torch.Generator().manual_seed(0))
     z.requires_grad_(True)
-    kernels = {
-        "batch-invariant (native)": batch_invariant_kernels,
-        "PyTorch default (oneDNN)": contextlib.nullcontext,
+    evaluator = InvariantEvaluator(glow, glow._decode, glow.latent_dim)
+    if not onednn_chunks_are_invariant(glow, glow._decode, glow.latent_dim):
+        print("oneDNN in chunks is not batch-invariant here: the solver uses the native kernels")
+    evaluator.chunked = True  # time the chunks whatever the probe found
+    kernels = {  # (chunks of <= 15 never reach NNPACK, which starts at 16 samples)
+        "oneDNN in chunks of <= 15": (
+            contextlib.nullcontext,
+            lambda z: evaluator(glow._decode, z)[0],
+        ),
+        "native (batch-invariant)": (batch_invariant_kernels, glow.decode),
+        "PyTorch default (oneDNN)": (contextlib.nullcontext, glow.decode),
     }
-    for label, context in kernels.items():
+    for label, (context, decode) in kernels.items():
         with context():
-            shares, seconds = _profile(glow, z, args.repeats)
+            shares, seconds = _profile(decode, z, args.repeats)
         parts = ", ".join(f"{group} {share:.0%}" for group, share in shares.items())
         print(f"{label:26s} {seconds * 1e3:7.1f} ms per decode+backward of {args.batch}: {parts}")
 

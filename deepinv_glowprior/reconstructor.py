@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +20,7 @@ from deepinv_glowprior._checks import (
     check_physics_output,
     check_positive_int,
 )
+from deepinv_glowprior.batch_invariance import InvariantEvaluator
 from deepinv_glowprior.glow import Glow
 from deepinv_glowprior.solvers import (
     IterationCallback,
@@ -28,7 +29,7 @@ from deepinv_glowprior.solvers import (
     batched_lbfgs,
 )
 
-__all__ = ["GlowReconstructor", "GlowSolution", "batch_invariant_kernels", "noise_sigma"]
+__all__ = ["GlowReconstructor", "GlowSolution", "noise_sigma"]
 
 REGULARIZERS = ("l2sq", "l2", "nll", None)
 INITS = ("zero", "random", "pinv")
@@ -80,46 +81,6 @@ class GlowSolution:
     rejected_steps: int = 0
     step_shrink: torch.Tensor | None = None
     sample_evaluations: int = 0
-
-
-@contextlib.contextmanager
-def batch_invariant_kernels() -> Iterator[None]:
-    r"""Convolutions whose result for one sample does not depend on the rest of its batch.
-
-    oneDNN and cuDNN pick their algorithms by batch size, and PyTorch hands CPU convolutions to
-    NNPACK from 16 samples on: each rounds differently, so :math:`G(z_i)` computed in a batch of
-    32 differs in the last bits from :math:`G(z_i)` alone. Inside this context all three are
-    off and PyTorch's native convolutions, which loop over the samples, run instead: a sample's
-    decode and gradient are then bit for bit the same in any batch of two or more. A batch of
-    one differs when torch uses several threads: the loop over samples then runs outside a
-    parallel region, and MKL may split the lone sample's matrix products over the threads
-    (it does for the shipped ``mnist32``'s convolutions on some CPUs), which rounds
-    differently; one thread, or a copy of the sample making a batch of two, gives the same bits.
-    :class:`GlowReconstructor` solves under this context by default (``batch_invariant=True``)
-    and pads lone samples so. The switches are torch's global backend flags, restored on exit.
-
-    :Example:
-
-    >>> import torch
-    >>> from deepinv_glowprior import Glow
-    >>> from deepinv_glowprior.reconstructor import batch_invariant_kernels
-    >>> glow = Glow(img_size=(1, 8, 8), levels=2, steps=2, hidden_channels=8)
-    >>> glow = glow.initialize(torch.rand(8, 1, 8, 8)).eval()
-    >>> z = torch.randn(20, 64)
-    >>> with batch_invariant_kernels():
-    ...     together, alone = glow.decode(z), glow.decode(z[:1])
-    >>> torch.equal(together[:1], alone)
-    True
-    """
-    # (Set directly: torch.backends.mkldnn.flags() also warns about Intel-GPU TF32.)
-    previous = torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled
-    torch.backends.mkldnn.enabled = torch.backends.cudnn.enabled = False
-    nnpack_was_enabled = torch.backends.nnpack.set_flags(False)[0]
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled = previous
-        torch.backends.nnpack.set_flags(nnpack_was_enabled)
 
 
 def noise_sigma(physics) -> float:
@@ -212,14 +173,16 @@ class GlowReconstructor(Reconstructor):
         same alone as in any batch (default). Without it, batched kernels round differently for
         different batch sizes, and on under-determined problems (e.g. :math:`\gamma = 0`,
         :math:`m < n`) the optimiser's path amplifies those last-bit differences into visibly
-        different reconstructions. The price: oneDNN, NNPACK and cuDNN convolutions are
-        switched off during the solve (:func:`batch_invariant_kernels`; on CPU a decode and
-        backward pass takes about 1.3x as long for 8 latents, 2.2x for 32), ``physics.A`` (and
-        ``physics.A_dagger`` for ``init="pinv"``) is applied sample by sample (unless the physics
-        holds per-sample parameters), and with more than one thread a lone sample is decoded as
-        a batch of two copies. The switches are torch's global backend flags, restored after the
-        solve: other threads of the process running convolutions meanwhile also get the native
-        kernels (slower, same results).
+        different reconstructions. How (:mod:`~deepinv_glowprior.batch_invariance`): on CPU,
+        oneDNN convolutions in chunks of at most 15 samples, where a check of this model, thread
+        count and dtype (once per process, about 40 single-sample passes) finds each sample's
+        bits independent of its chunk; otherwise PyTorch's native convolutions (oneDNN, NNPACK
+        and cuDNN switched off during the solve; on CPU a decode and backward pass then takes
+        about 1.8x as long as in the chunks for ``mnist32``). ``physics.A`` (and
+        ``physics.A_dagger`` for ``init="pinv"``) is applied sample by sample (unless the
+        physics holds per-sample parameters), and a lone sample is decoded with a copy of itself
+        for company. The kernel switches are torch's global backend flags, restored after the
+        solve: other threads of the process running convolutions meanwhile get them too.
     :param bool progress: show progress bars.
     :param IterationCallback callback: called after each solver iteration with the iteration
         number, the best latents so far ``(B, n)`` and the single-sample Glow evaluations so far
@@ -330,6 +293,7 @@ class GlowReconstructor(Reconstructor):
         if not isinstance(batch_invariant, bool):
             raise TypeError(f"batch_invariant must be True or False, got {batch_invariant!r}.")
         self.batch_invariant = batch_invariant
+        self._invariant = InvariantEvaluator(glow, glow._decode, glow.latent_dim)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable or None, got {type(callback).__name__}.")
         self.callback = callback
@@ -432,22 +396,19 @@ class GlowReconstructor(Reconstructor):
         return torch.zeros_like(z[:, 0])
 
     def _kernels(self) -> contextlib.AbstractContextManager[None]:
-        """Convolutions that compute each sample alone (see ``batch_invariant``)."""
-        return batch_invariant_kernels() if self.batch_invariant else contextlib.nullcontext()
+        """Kernels that compute each sample alone (see ``batch_invariant``)."""
+        if not self.batch_invariant:
+            return contextlib.nullcontext()
+        return self._invariant.kernels()
 
     def _as_in_a_batch(
         self, transform: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], inputs: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        """``transform(inputs)``, a batch of one computed as if it had company.
-
-        From two samples on, the native convolutions loop over the samples in a parallel region,
-        where each sample's matrix product runs on one thread; a lone sample's product may be
-        split over all threads by MKL and round differently. A copy of it makes a batch of two.
-        """
-        if not (self.batch_invariant and inputs.shape[0] == 1 and torch.get_num_threads() > 1):
+        """``transform(inputs)``, each row's result independent of the others when
+        ``batch_invariant`` asks for it (see ``InvariantEvaluator``)."""
+        if not self.batch_invariant:
             return transform(inputs)
-        outputs = transform(inputs.expand(2, *inputs.shape[1:]))
-        return tuple(output[:1] for output in outputs)
+        return self._invariant(transform, inputs)
 
     def _decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:math:`G(z)` and its log-determinant, a lone sample decoded as in a batch."""

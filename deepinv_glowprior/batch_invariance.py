@@ -1,0 +1,231 @@
+r"""Glow evaluations whose result for one sample does not depend on the rest of its batch.
+
+Batched kernels may round differently for different batch sizes, and on an under-determined
+problem a solver's path amplifies those last bits into visibly different reconstructions. Two
+ways out, both exact to the last bit:
+
+- **native kernels** (:func:`batch_invariant_kernels`): PyTorch's own convolutions, which loop
+  over the samples; slow on CPU.
+- **oneDNN in small chunks** (:class:`InvariantEvaluator`, CPU): oneDNN picks its convolution
+  algorithm by batch size, but on the CPUs we measured it keeps one algorithm for every batch of
+  2 to 15 samples, computing each sample alone within it. A batch is cut into chunks of at most
+  :data:`MAX_CHUNK` rows and a lone row is given a copy for company. Whether the CPU and the
+  model behave so is checked once per model, thread count and dtype, by comparing a probe's
+  rows in chunks of several sizes and positions; if any bit differs, the native kernels are used.
+  On one thread this takes 0.55x the time of the native kernels per decode and backward pass
+  of ``mnist32`` (see ``benchmarks/profile_decode.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import weakref
+from collections.abc import Callable, Iterator
+
+import torch
+
+__all__ = [
+    "MAX_CHUNK",
+    "InvariantEvaluator",
+    "batch_invariant_kernels",
+    "chunk_sizes",
+    "onednn_chunks_are_invariant",
+]
+
+MAX_CHUNK = 15
+"""Largest chunk of rows one oneDNN call evaluates (NNPACK and another oneDNN algorithm take
+over from 16 samples on)."""
+
+# Chunk layouts the probe compares; each puts the probe's first two rows at another place.
+_PROBE_LAYOUTS = ((0, 2), (0, 3), (5, 8), (0, MAX_CHUNK), (MAX_CHUNK - 2, MAX_CHUNK))
+_PROBE_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+Transform = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+@contextlib.contextmanager
+def batch_invariant_kernels() -> Iterator[None]:
+    r"""Convolutions whose result for one sample does not depend on the rest of its batch.
+
+    oneDNN and cuDNN pick their algorithms by batch size, and PyTorch hands CPU convolutions to
+    NNPACK from 16 samples on: each rounds differently, so :math:`G(z_i)` computed in a batch of
+    32 differs in the last bits from :math:`G(z_i)` alone. Inside this context all three are
+    off and PyTorch's native convolutions, which loop over the samples, run instead: a sample's
+    decode and gradient are then bit for bit the same in any batch of two or more. A batch of
+    one differs when torch uses several threads: the loop over samples then runs outside a
+    parallel region, and MKL may split the lone sample's matrix products over the threads
+    (it does for the shipped ``mnist32``'s convolutions on some CPUs), which rounds
+    differently; one thread, or a copy of the sample making a batch of two, gives the same bits.
+    :class:`InvariantEvaluator` falls back to this context where oneDNN in chunks is not
+    invariant. The switches are torch's global backend flags, restored on exit.
+
+    :Example:
+
+    >>> import torch
+    >>> from deepinv_glowprior import Glow
+    >>> from deepinv_glowprior.batch_invariance import batch_invariant_kernels
+    >>> glow = Glow(img_size=(1, 8, 8), levels=2, steps=2, hidden_channels=8)
+    >>> glow = glow.initialize(torch.rand(8, 1, 8, 8)).eval()
+    >>> z = torch.randn(20, 64)
+    >>> with batch_invariant_kernels():
+    ...     together, alone = glow.decode(z), glow.decode(z[:1])
+    >>> torch.equal(together[:1], alone)
+    True
+    """
+    # (Set directly: torch.backends.mkldnn.flags() also warns about Intel-GPU TF32.)
+    previous = torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled
+    torch.backends.mkldnn.enabled = torch.backends.cudnn.enabled = False
+    nnpack_was_enabled = torch.backends.nnpack.set_flags(False)[0]
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled = previous
+        torch.backends.nnpack.set_flags(nnpack_was_enabled)
+
+
+@contextlib.contextmanager
+def _onednn_kernels() -> Iterator[None]:
+    """oneDNN on (as by default), NNPACK off: what chunked evaluation runs under."""
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = True
+    nnpack_was_enabled = torch.backends.nnpack.set_flags(False)[0]
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
+        torch.backends.nnpack.set_flags(nnpack_was_enabled)
+
+
+def chunk_sizes(rows: int, max_chunk: int = MAX_CHUNK) -> list[int]:
+    r"""Sizes of the fewest chunks of at most ``max_chunk`` rows that hold ``rows`` rows.
+
+    The chunks are as even as possible (a short last chunk runs slower per row).
+
+    :param int rows: rows to split, :math:`\ge 0`.
+    :param int max_chunk: largest chunk, :math:`\ge 1`.
+    :return: chunk sizes, summing to ``rows``.
+
+    :Example:
+
+    >>> chunk_sizes(32)
+    [11, 11, 10]
+    """
+    if rows < 0 or max_chunk < 1:
+        raise ValueError(f"Need rows >= 0 and max_chunk >= 1, got {rows} and {max_chunk}.")
+    if rows == 0:
+        return []
+    count = math.ceil(rows / max_chunk)
+    base, extra = divmod(rows, count)
+    return [base + 1] * extra + [base] * (count - extra)
+
+
+def _in_chunks(transform: Transform, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``transform(inputs)`` chunk by chunk, a lone row evaluated with a copy of itself."""
+    pieces = []
+    for chunk in inputs.split(chunk_sizes(inputs.shape[0])):
+        if chunk.shape[0] == 1:
+            pieces.append(tuple(out[:1] for out in transform(chunk.expand(2, *chunk.shape[1:]))))
+        else:
+            pieces.append(transform(chunk))
+    return tuple(torch.cat(parts) for parts in zip(*pieces, strict=True))
+
+
+class InvariantEvaluator:
+    r"""Evaluates a model's transforms so that each sample's result ignores its batch.
+
+    On CPU, where :func:`onednn_chunks_are_invariant` holds for this model, thread count and
+    dtype: oneDNN convolutions in chunks of 2 to :data:`MAX_CHUNK` rows (fast). Elsewhere: the
+    native kernels of :func:`batch_invariant_kernels`, a lone sample padded to two when torch
+    uses several threads.
+
+    :param torch.nn.Module model: the model whose transforms are evaluated (the probe's key).
+    :param probe: ``probe(z)`` returns the model's outputs for latents ``z`` ``(B, n)`` whose
+        gradient the probe also compares, e.g. a Glow's ``_decode``.
+    :param int dim: latent size of ``probe``'s input.
+
+    :Example:
+
+    >>> import torch
+    >>> from deepinv_glowprior import Glow
+    >>> from deepinv_glowprior.batch_invariance import InvariantEvaluator
+    >>> glow = Glow(img_size=(1, 8, 8), levels=2, steps=2, hidden_channels=8)
+    >>> glow = glow.initialize(torch.rand(8, 1, 8, 8)).eval()
+    >>> evaluator = InvariantEvaluator(glow, glow._decode, 64)
+    >>> z = torch.randn(20, 64)
+    >>> with evaluator.kernels():
+    ...     together = evaluator(glow._decode, z)[0]
+    ...     alone = evaluator(glow._decode, z[3:4])[0]
+    >>> torch.equal(together[3:4], alone)
+    True
+    """
+
+    def __init__(self, model: torch.nn.Module, probe: Transform, dim: int) -> None:
+        self.model = model
+        self.probe = probe
+        self.dim = dim
+        self.chunked = False
+
+    def kernels(self) -> contextlib.AbstractContextManager[None]:
+        """The kernels to evaluate under; decides between chunked oneDNN and native kernels."""
+        self.chunked = onednn_chunks_are_invariant(self.model, self.probe, self.dim)
+        return _onednn_kernels() if self.chunked else batch_invariant_kernels()
+
+    def __call__(self, transform: Transform, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``transform(inputs)`` computed so that each row's result ignores the others."""
+        if self.chunked:
+            return _in_chunks(transform, inputs)
+        if inputs.shape[0] == 1 and torch.get_num_threads() > 1:
+            outputs = transform(inputs.expand(2, *inputs.shape[1:]))
+            return tuple(output[:1] for output in outputs)
+        return transform(inputs)
+
+
+def onednn_chunks_are_invariant(model: torch.nn.Module, probe: Transform, dim: int) -> bool:
+    r"""Whether ``probe`` gives each row the same bits in every oneDNN chunk of 2 to 15 rows.
+
+    Checked once per model, thread count, dtype and device (cached): the probe's first two rows,
+    at several places in chunks of several sizes, must give the same outputs and the same
+    gradients of a fixed weighted sum. Only on CPU, with oneDNN available; else ``False``.
+
+    :param torch.nn.Module model: the model (the cache's key; its parameters give dtype and
+        device).
+    :param probe: maps latents ``(B, dim)`` to a tuple of outputs.
+    :param int dim: latent size.
+    :return: ``True`` where chunked oneDNN evaluation is batch-invariant.
+    """
+    parameter = next(model.parameters(), None)
+    dtype = parameter.dtype if parameter is not None else torch.get_default_dtype()
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    key = (torch.get_num_threads(), dtype)
+    cached = _PROBE_CACHE.setdefault(model, {})
+    if key not in cached:
+        cached[key] = _probe_agrees(probe, dim, dtype)
+    return cached[key]
+
+
+def _probe_agrees(probe: Transform, dim: int, dtype: torch.dtype) -> bool:
+    generator = torch.Generator().manual_seed(0)
+    latents = 0.7 * torch.randn(MAX_CHUNK + 2, dim, generator=generator, dtype=dtype)
+    results = []
+    with torch.enable_grad(), _onednn_kernels():
+        for first, size in _PROBE_LAYOUTS:
+            rows = torch.cat([latents[2 : 2 + first], latents[:2], latents[2 + first :]])[:size]
+            rows = rows.detach().requires_grad_(True)
+            outputs = probe(rows)
+            weights = [
+                torch.linspace(-1, 1, out[0].numel(), dtype=out.dtype).reshape(out[0].shape)
+                for out in outputs
+            ]
+            total = sum((out * w).sum() for out, w in zip(outputs, weights, strict=True))
+            (grad,) = torch.autograd.grad(total, rows)
+            picked = slice(first, first + 2)
+            results.append([out.detach()[picked] for out in outputs] + [grad[picked]])
+    first = results[0]
+    return all(
+        torch.equal(mine, theirs)
+        for other in results[1:]
+        for mine, theirs in zip(first, other, strict=True)
+    )
