@@ -178,7 +178,7 @@ class GlowReconstructor(Reconstructor):
         count and dtype (once per process, about 40 single-sample passes) finds each sample's
         bits independent of its chunk; otherwise PyTorch's native convolutions (oneDNN, NNPACK
         and cuDNN switched off during the solve; on CPU a decode and backward pass then takes
-        about 1.8x as long as in the chunks for ``mnist32``). ``physics.A`` (and
+        about 1.4x as long as in the chunks for ``mnist32``). ``physics.A`` (and
         ``physics.A_dagger`` for ``init="pinv"``) is applied sample by sample (unless the
         physics holds per-sample parameters), and a lone sample is decoded with a copy of itself
         for company. The kernel switches are torch's global backend flags, restored after the
