@@ -121,14 +121,17 @@ def chunk_sizes(rows: int, max_chunk: int = MAX_CHUNK) -> list[int]:
     return [base + 1] * extra + [base] * (count - extra)
 
 
+def _with_a_copy(transform: Transform, row: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``transform`` of a lone row, computed in a batch of two copies of it."""
+    return tuple(out[:1] for out in transform(row.expand(2, *row.shape[1:])))
+
+
 def _in_chunks(transform: Transform, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``transform(inputs)`` chunk by chunk, a lone row evaluated with a copy of itself."""
-    pieces = []
-    for chunk in inputs.split(chunk_sizes(inputs.shape[0])):
-        if chunk.shape[0] == 1:
-            pieces.append(tuple(out[:1] for out in transform(chunk.expand(2, *chunk.shape[1:]))))
-        else:
-            pieces.append(transform(chunk))
+    pieces = [
+        _with_a_copy(transform, chunk) if chunk.shape[0] == 1 else transform(chunk)
+        for chunk in inputs.split(chunk_sizes(inputs.shape[0]))
+    ]
     return tuple(torch.cat(parts) for parts in zip(*pieces, strict=True))
 
 
@@ -177,15 +180,14 @@ class InvariantEvaluator:
         if self.chunked:
             return _in_chunks(transform, inputs)
         if inputs.shape[0] == 1 and torch.get_num_threads() > 1:
-            outputs = transform(inputs.expand(2, *inputs.shape[1:]))
-            return tuple(output[:1] for output in outputs)
+            return _with_a_copy(transform, inputs)
         return transform(inputs)
 
 
 def onednn_chunks_are_invariant(model: torch.nn.Module, probe: Transform, dim: int) -> bool:
     r"""Whether ``probe`` gives each row the same bits in every oneDNN chunk of 2 to 15 rows.
 
-    Checked once per model, thread count, dtype and device (cached): the probe's first two rows,
+    Checked once per model, thread count and dtype (cached): the probe's first two rows,
     at several places in chunks of several sizes, must give the same outputs and the same
     gradients of a fixed weighted sum. Only on CPU, with oneDNN available; else ``False``.
 
