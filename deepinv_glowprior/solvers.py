@@ -30,7 +30,9 @@ it is called as ``objective(z, rows)`` with the latents of batch rows ``rows`` o
 IterationCallback = Callable[[int, torch.Tensor, int], None]
 """Called after each iteration as ``callback(iteration, best_z, sample_evaluations)``: the
 iterations done (from 1), the best latents so far ``(B, n)`` (do not modify them) and the
-objective-and-gradient evaluations of single samples so far, e.g. to trace convergence."""
+objective-and-gradient evaluations of single samples so far, e.g. to trace convergence. Where
+samples run at their own pace (:func:`batched_lbfgs`), iteration :math:`k` is reported once every
+sample still running has finished it; faster samples may be further on."""
 
 _ARMIJO_C1 = 1e-4
 _EXPLOSION_FACTOR = 10.0
@@ -44,7 +46,8 @@ class SolverResult:
     :param torch.Tensor objective: their objective values, ``(B,)``.
     :param torch.Tensor iterations: iterations each sample ran, ``(B,)``.
     :param torch.Tensor converged: whether each sample met the stopping rule, ``(B,)``.
-    :param list history: objective values ``(B,)`` after each iteration.
+    :param list history: objective values ``(B,)`` after each iteration (a sample that stopped
+        keeps its last value).
     :param int evaluations: batched objective-and-gradient evaluations.
     :param int sample_evaluations: objective-and-gradient evaluations of single samples (with
         ``row_subsets``, samples that have stopped or accepted their step are not evaluated).
@@ -112,25 +115,62 @@ class _Evaluator:
         return values.detach(), grad
 
 
-def _two_loop_direction(
-    grad: torch.Tensor,
-    steps: torch.Tensor,
-    grad_changes: torch.Tensor,
-    rho: torch.Tensor,
-    newest_first: list[int],
-    initial_scale: torch.Tensor,
-) -> torch.Tensor:
-    """L-BFGS direction per sample; memory slots with ``rho == 0`` are skipped."""
-    q = grad.clone()
-    alphas = {}
-    for slot in newest_first:
-        alphas[slot] = rho[slot] * (steps[slot] * q).sum(dim=1)
-        q -= alphas[slot][:, None] * grad_changes[slot]
-    r = initial_scale[:, None] * q
-    for slot in reversed(newest_first):
-        beta = rho[slot] * (grad_changes[slot] * r).sum(dim=1)
-        r += steps[slot] * (alphas[slot] - beta)[:, None]
-    return -r
+class _CurvatureMemory:
+    """Each sample's last ``size`` L-BFGS curvature pairs :math:`(s_k, y_k)`.
+
+    Samples write their pairs at their own pace (one slot per iteration they finish, in a ring),
+    so a sample's direction depends on its own history only. Slots with ``rho == 0`` (a pair
+    skipped or cleared) contribute nothing.
+    """
+
+    def __init__(self, size: int, like: torch.Tensor) -> None:
+        batch, dim = like.shape
+        self.size = size
+        self.steps = like.new_zeros(size, batch, dim)
+        self.grad_changes = like.new_zeros(size, batch, dim)
+        self.rho = like.new_zeros(size, batch)
+        self.written = torch.zeros(batch, dtype=torch.long, device=like.device)
+        self.initial_scale = like.new_ones(batch)
+        self.has_pairs = torch.zeros(batch, dtype=torch.bool, device=like.device)
+
+    def direction(self, grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The two-loop recursion for batch rows ``rows`` with gradients ``grad`` ``(R, n)``."""
+        written = self.written[rows]
+        depth = min(int(written.max()), self.size) if rows.numel() else 0
+        slots = [(written - 1 - back) % self.size for back in range(depth)]
+        q = grad.clone()
+        alphas = []
+        for back, slot in enumerate(slots):
+            rho = torch.where(back < written, self.rho[slot, rows], 0.0)
+            alphas.append(rho * (self.steps[slot, rows] * q).sum(dim=1))
+            q -= alphas[-1][:, None] * self.grad_changes[slot, rows]
+        r = self.initial_scale[rows, None] * q
+        for back in reversed(range(depth)):
+            slot = slots[back]
+            rho = torch.where(back < written, self.rho[slot, rows], 0.0)
+            beta = rho * (self.grad_changes[slot, rows] * r).sum(dim=1)
+            r += self.steps[slot, rows] * (alphas[back] - beta)[:, None]
+        return -r
+
+    def write(
+        self, rows: torch.Tensor, step: torch.Tensor, grad_change: torch.Tensor, moved: torch.Tensor
+    ) -> None:
+        """Record the iteration just finished by ``rows``; a pair is kept when it has positive
+        curvature, and a sample whose line search failed (``~moved``) forgets all its pairs."""
+        curvature = (step * grad_change).sum(dim=1)
+        keep = moved & (curvature > 1e-10 * step.norm(dim=1) * grad_change.norm(dim=1))
+        slot = self.written[rows] % self.size
+        self.steps[slot, rows] = torch.where(keep[:, None], step, 0.0)
+        self.grad_changes[slot, rows] = torch.where(keep[:, None], grad_change, 0.0)
+        self.rho[slot, rows] = torch.where(keep, 1.0 / curvature.where(keep, 1.0), 0.0)
+        scale = curvature / (grad_change * grad_change).sum(dim=1).clamp_min(1e-30)
+        self.initial_scale[rows] = torch.where(keep, scale, self.initial_scale[rows])
+        self.has_pairs[rows] |= keep
+        self.written[rows] += 1
+        forget = rows[~moved]
+        self.rho[:, forget] = 0.0
+        self.has_pairs[forget] = False
+        self.initial_scale[forget] = 1.0
 
 
 def _progress_bar(max_iter: int, progress: bool, desc: str):
@@ -168,6 +208,12 @@ def batched_lbfgs(
 
     otherwise :math:`t` is halved. A sample stops when its relative decrease falls below ``tol``,
     its gradient's largest entry below ``grad_tol``, or no step is accepted twice in a row.
+
+    Samples run at their own pace: each call of ``objective`` evaluates one trial point of every
+    sample still running, whether it starts an iteration or backtracks, so the samples whose
+    line search needs no halving go on while others halve, and calls stay large. Each sample's
+    sequence of trial points is the same as if it ran alone (bit for bit, when the objective
+    computes each row independently of the others).
 
     The first ``damped_iter`` iterations take the short step ``damped_lr`` instead, with the
     ``"guard"`` rule and no ``max_step``: the reference protocol's slow start, which follows the
@@ -210,7 +256,7 @@ def batched_lbfgs(
     if not (isinstance(damped_lr, (int, float)) and math.isfinite(damped_lr) and damped_lr > 0):
         raise ValueError(f"damped_lr must be a finite number > 0, got {damped_lr!r}.")
     evaluate = _Evaluator(objective, row_subsets)
-    batch, dim = z0.shape
+    batch = z0.shape[0]
     z = z0.detach().clone()
     every_row = torch.arange(batch, device=z.device)
     f, g = evaluate(z, every_row, z)
@@ -219,101 +265,107 @@ def batched_lbfgs(
             "The objective is not finite at the starting point; start from z = 0 or a smaller "
             "initialisation."
         )
-    steps = z.new_zeros(memory, batch, dim)
-    grad_changes = z.new_zeros(memory, batch, dim)
-    rho = z.new_zeros(memory, batch)
-    initial_scale = z.new_ones(batch)
-    has_pairs = torch.zeros(batch, dtype=torch.bool, device=z.device)
+    pairs = _CurvatureMemory(memory, z)
     active = torch.ones(batch, dtype=torch.bool, device=z.device)
     converged = torch.zeros(batch, dtype=torch.bool, device=z.device)
     failures = torch.zeros(batch, dtype=torch.long, device=z.device)
     iterations = torch.zeros(batch, dtype=torch.long, device=z.device)
+    backtracks = torch.zeros(batch, dtype=torch.long, device=z.device)
     step_shrink = torch.zeros_like(f)
-    history = [f.clone()]
+    direction, slope = torch.zeros_like(z), torch.zeros_like(f)
+    t, nominal = torch.zeros_like(f), torch.zeros_like(f)
+    trace = f.new_empty(max_iter + 1, batch)
+    trace[0] = f
     best_z, best_f = z.clone(), f.clone()
-    bar = _progress_bar(max_iter, progress, "L-BFGS")
-    for iteration in range(max_iter):
-        damped = iteration < damped_iter
-        step, rule = (damped_lr, "guard") if damped else (lr, line_search)
-        newest_first = [(iteration - 1 - k) % memory for k in range(min(iteration, memory))]
-        direction = _two_loop_direction(g, steps, grad_changes, rho, newest_first, initial_scale)
-        slope = (g * direction).sum(dim=1)
-        not_descent = ~(slope < 0)
-        direction[not_descent] = -g[not_descent]
-        slope = torch.where(not_descent, -(g * g).sum(dim=1), slope)
-        t = torch.full_like(f, step)
-        first_order = ~has_pairs | not_descent
-        t = torch.where(first_order, step * torch.clamp(1.0 / g.abs().sum(dim=1), max=1.0), t)
-        nominal = t.clone()
-        if max_step is not None and not damped:
-            t = torch.minimum(t, max_step / direction.norm(dim=1).clamp_min(1e-30))
 
-        pending = active.clone()
-        z_next, f_next, g_next = z.clone(), f.clone(), g.clone()
-        for _ in range(max_backtracks + 1):
-            rows = pending.nonzero().squeeze(1)
-            trial = z[rows] + t[rows, None] * direction[rows]
-            f_trial, g_trial = evaluate(trial, rows, z)
-            f_now = f[rows]
-            if rule == "armijo":
-                ok = f_trial <= f_now + _ARMIJO_C1 * t[rows] * slope[rows]
-            else:
-                ok = torch.isfinite(f_trial) & (f_trial <= _EXPLOSION_FACTOR * (f_now.abs() + 1))
-            accepted = rows[ok]
-            z_next[accepted], f_next[accepted], g_next[accepted] = (
-                trial[ok],
-                f_trial[ok],
-                g_trial[ok],
-            )
-            pending[accepted] = False
-            t = torch.where(pending, 0.5 * t, t)
-            if not bool(pending.any()):
-                break
-        moved = active & ~pending
-        step_shrink += torch.where(active, torch.log2(nominal / t), 0.0)
-        failures = torch.where(moved, 0, failures + (active & pending).long())
-
-        s = z_next - z
-        y = g_next - g
-        curvature = (s * y).sum(dim=1)
-        store = moved & (curvature > 1e-10 * s.norm(dim=1) * y.norm(dim=1))
-        slot = iteration % memory
-        steps[slot] = torch.where(store[:, None], s, 0.0)
-        grad_changes[slot] = torch.where(store[:, None], y, 0.0)
-        rho[slot] = torch.where(store, 1.0 / curvature.where(store, 1.0), 0.0)
-        initial_scale = torch.where(
-            store, curvature / (y * y).sum(dim=1).clamp_min(1e-30), initial_scale
+    def start_iteration(rows: torch.Tensor) -> None:
+        """Direction and first trial step of the next iteration of ``rows``."""
+        damped = iterations[rows] < damped_iter
+        step = torch.full_like(f[rows], lr).masked_fill(damped, damped_lr)
+        grad = g[rows]
+        along = pairs.direction(grad, rows)
+        along_slope = (grad * along).sum(dim=1)
+        not_descent = ~(along_slope < 0)
+        along[not_descent] = -grad[not_descent]
+        along_slope = torch.where(not_descent, -(grad * grad).sum(dim=1), along_slope)
+        first_order = ~pairs.has_pairs[rows] | not_descent
+        trial_step = torch.where(
+            first_order, step * torch.clamp(1.0 / grad.abs().sum(dim=1), max=1.0), step
         )
-        has_pairs |= store
-        # A failed line search clears that sample's memory: its curvature model was wrong.
-        reset = active & pending
-        rho[:, reset] = 0.0
-        has_pairs &= ~reset
-        initial_scale = torch.where(reset, 1.0, initial_scale)
+        nominal[rows] = trial_step
+        if max_step is not None:
+            capped = torch.minimum(trial_step, max_step / along.norm(dim=1).clamp_min(1e-30))
+            trial_step = torch.where(damped, trial_step, capped)
+        direction[rows], slope[rows], t[rows] = along, along_slope, trial_step
+        backtracks[rows] = 0
 
-        decrease = (f - f_next).abs() <= tol * f.abs().clamp_min(1.0)
+    def finish_iteration(rows: torch.Tensor, moved: torch.Tensor, z_next, f_next, g_next) -> None:
+        """Take the step of ``rows`` (or stay, where ``~moved``), learn and test for stopping."""
+        step_shrink[rows] += torch.log2(nominal[rows] / t[rows])
+        failures[rows] = torch.where(moved, 0, failures[rows] + 1)
+        pairs.write(rows, z_next - z[rows], g_next - g[rows], moved)
+        f_now = f[rows]
+        decrease = (f_now - f_next).abs() <= tol * f_now.abs().clamp_min(1.0)
         flat = g_next.abs().amax(dim=1) <= grad_tol
-        done = moved & (decrease | flat) | (failures >= 2)
-        z, f, g = z_next, f_next, g_next
-        iterations += active.long()
-        improved = f < best_f
-        best_z[improved], best_f[improved] = z[improved], f[improved]
-        if callback is not None:
-            callback(iteration + 1, best_z, evaluate.samples)
-        converged |= done
-        active &= ~done
-        history.append(f.clone())
-        bar.update(1)
+        done = moved & (decrease | flat) | (failures[rows] >= 2)
+        z[rows], f[rows], g[rows] = z_next, f_next, g_next
+        iterations[rows] += 1
+        trace[iterations[rows], rows] = f_next
+        improved = f_next < best_f[rows]
+        best_z[rows[improved]], best_f[rows[improved]] = z_next[improved], f_next[improved]
+        converged[rows] |= done
+        active[rows] = ~done & (iterations[rows] < max_iter)
+        start_iteration(rows[active[rows]])
+
+    active &= max_iter > 0
+    start_iteration(every_row[active])
+    reported = 0
+    bar = _progress_bar(max_iter, progress, "L-BFGS")
+    # Each call evaluates one trial of every running sample, whether it starts an iteration or
+    # backtracks: no call waits on the line searches of a few.
+    while bool(active.any()):
+        rows = active.nonzero().squeeze(1)
+        trial = z[rows] + t[rows, None] * direction[rows]
+        f_trial, g_trial = evaluate(trial, rows, z)
+        f_now = f[rows]
+        guard_ok = torch.isfinite(f_trial) & (f_trial <= _EXPLOSION_FACTOR * (f_now.abs() + 1))
+        if line_search == "armijo":
+            armijo_ok = f_trial <= f_now + _ARMIJO_C1 * t[rows] * slope[rows]
+            ok = torch.where(iterations[rows] < damped_iter, guard_ok, armijo_ok)
+        else:
+            ok = guard_ok
+        t[rows] = torch.where(ok, t[rows], 0.5 * t[rows])
+        backtracks[rows] += (~ok).long()
+        finished = ok | (backtracks[rows] > max_backtracks)
+        moved = ok[finished]
+        finish_rows = rows[finished]
+        finish_iteration(
+            finish_rows,
+            moved,
+            torch.where(moved[:, None], trial[finished], z[finish_rows]),
+            torch.where(moved, f_trial[finished], f[finish_rows]),
+            torch.where(moved[:, None], g_trial[finished], g[finish_rows]),
+        )
+        # Iteration k is complete once every sample still running has finished it.
+        complete = int(iterations[active].min()) if bool(active.any()) else int(iterations.max())
+        for iteration in range(reported + 1, complete + 1):
+            if callback is not None:
+                callback(iteration, best_z, evaluate.samples)
+            bar.update(1)
+        reported = max(reported, complete)
         bar.set_postfix(active=int(active.sum()), objective=f"{float(f.mean()):.4g}")
-        if not bool(active.any()):
-            break
     bar.close()
+    last = int(iterations.max())
+    steps_taken = torch.arange(last + 1, device=z.device)[:, None]
+    # A sample that stopped keeps its final value in the later entries of the history.
+    final_values = trace[iterations, every_row]
+    history = torch.where(steps_taken <= iterations, trace[: last + 1], final_values)
     return SolverResult(
         z=best_z,
         objective=best_f,
         iterations=iterations,
         converged=converged,
-        history=history,
+        history=list(history.clone()),
         evaluations=evaluate.count,
         rejected_steps=evaluate.non_finite,
         step_shrink=step_shrink,

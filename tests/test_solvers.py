@@ -333,6 +333,26 @@ def test_row_subsets_pass_the_rows_being_evaluated():
     assert any(len(rows) < 3 for rows in seen)
 
 
+def test_lbfgs_calls_carry_every_running_sample():
+    """Samples run at their own pace: no call waits on another sample's line search, so the
+    calls number the longest sample's own evaluations (the start included)."""
+    scales = torch.tensor([1.0, 5.0, 20.0, 100.0], dtype=DOUBLE)
+    objective = rosenbrock_rows(scales)
+    per_sample = torch.zeros(4, dtype=torch.long)
+
+    def counting(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        per_sample[rows] += 1
+        return objective(z, rows)
+
+    z0 = torch.zeros(4, 6, dtype=DOUBLE)
+    result = batched_lbfgs(counting, z0, row_subsets=True, max_iter=300, lr=2.0)
+    assert int(result.step_shrink.max()) > 0, "no line search halved a step: nothing to test"
+    assert result.evaluations == int(per_sample.max())
+    assert result.sample_evaluations == int(per_sample.sum())
+    assert len(set(per_sample.tolist())) > 1, "every sample did the same work: nothing to test"
+    torch.testing.assert_close(result.z, torch.ones_like(result.z), atol=1e-3, rtol=0)
+
+
 @pytest.mark.parametrize("solver", [batched_lbfgs, batched_adam])
 def test_callback_traces_the_best_iterate_and_the_work(solver):
     matrices, vectors = random_quadratics(3, 4, seed=2)
