@@ -13,8 +13,10 @@ For each task it prints and writes (``{out}_summary.csv``):
 
 - the reference's final PSNR and its passes per image;
 - the passes per image our solver needs to come within 0.1 dB of that PSNR (first traced point
-  at or above it; empty when it never does), and their ratio to the reference's passes: the
-  time ratio at equal quality, since both run the same Glow with the same kernels;
+  at or above it; empty when it never does), and their ratio to the reference's passes;
+- the same in wall time (``time_ratio_at_equal_psnr``): the solve's seconds up to that traced
+  point over the reference's whole solve, the trace's decodes excluded. Passes do not depend on
+  the machine's load; seconds also count what a pass costs at the batch sizes each solver runs;
 - where our solver stops: its PSNR and passes (at the defaults, what a user gets);
 - how much the ratio depends on which digits were drawn: its 5th and 95th percentiles over
   ``--resamples`` bootstrap draws of the digits (with replacement; the traces keep each digit's
@@ -47,25 +49,34 @@ QUALITY_SLACK = 0.1  # dB below the reference's final PSNR that counts as reachi
 
 
 def trace_solver(model, y, physics, x, every: int) -> list[tuple]:
-    """``(iteration, passes per image, mean PSNR, per-digit PSNRs)`` every ``every`` iterations
-    and at the end."""
+    """``(iteration, passes per image, mean PSNR, per-digit PSNRs, seconds)`` every ``every``
+    iterations and at the end; ``seconds`` is the solve's wall time so far without the trace's
+    own decodes."""
+    import time
+
     import deepinv as dinv
     import torch
 
     psnr = dinv.metric.PSNR()
     trace = []
+    tracing_seconds = 0.0
 
     def record(iteration: int, best_z: torch.Tensor, sample_evaluations: int) -> None:
+        nonlocal tracing_seconds
         if iteration % every == 0:
+            entered = time.perf_counter()
+            solving = entered - start - tracing_seconds
             with torch.no_grad():
                 x_hat = model.glow.decode(best_z).nan_to_num(0.0).clamp(0, 1)
             values = psnr(x_hat, x)
-            trace.append(
-                (iteration, sample_evaluations / len(x), float(values.mean()), values.tolist())
-            )
+            passes = sample_evaluations / len(x)
+            trace.append((iteration, passes, float(values.mean()), values.tolist(), solving))
+            tracing_seconds += time.perf_counter() - entered
 
     model.callback = record
+    start = time.perf_counter()
     solution = model.solve(y, physics)
+    solving = time.perf_counter() - start - tracing_seconds
     # The end is what the solve returns, which after a retry of misfit samples need not be the
     # latents the callback saw last.
     last = int(solution.iterations.max())
@@ -73,7 +84,7 @@ def trace_solver(model, y, physics, x, every: int) -> list[tuple]:
         trace.pop()
     values = psnr(solution.x.nan_to_num(0.0).clamp(0, 1), x)
     passes = solution.sample_evaluations / len(x)
-    trace.append((last, passes, float(values.mean()), values.tolist()))
+    trace.append((last, passes, float(values.mean()), values.tolist(), solving))
     return trace
 
 
@@ -108,6 +119,9 @@ def summarise(task: str, reference: list, ours: list, resamples: int = 0) -> dic
     final_psnr, reference_work = reference[-1][2], reference[-1][1]
     reached = [point for point in ours if point[2] >= final_psnr - QUALITY_SLACK]
     work = reached[0][1] if reached else None
+    timed = all(len(point) > 4 for point in reference + ours)
+    reference_seconds = reference[-1][4] if timed else None
+    seconds = reached[0][4] if timed and reached else None
     low = high = None
     if resamples:
         low, high = bootstrap_ratio(reference, ours, resamples)
@@ -123,6 +137,9 @@ def summarise(task: str, reference: list, ours: list, resamples: int = 0) -> dic
         "ours_final_psnr": ours[-1][2],
         "ours_final_passes": ours[-1][1],
         "ours_best_psnr": max(point[2] for point in ours),
+        "reference_seconds": reference_seconds,
+        "ours_seconds_to_reference": seconds,
+        "time_ratio_at_equal_psnr": None if seconds is None else seconds / reference_seconds,
     }
 
 
@@ -161,6 +178,8 @@ def read_traces(path: Path) -> dict:
         for row in csv.DictReader(handle):
             digits = [float(v) for k, v in row.items() if k.startswith("psnr_digit_")]
             point = (int(row["iteration"]), float(row["passes"]), float(row["psnr"]), digits)
+            if row.get("seconds"):
+                point += (float(row["seconds"]),)
             traces.setdefault(row["task"], {}).setdefault(row["method"], []).append(point)
     for task, methods in traces.items():
         if sorted(methods) != ["ours", "paper-guarded"]:
@@ -236,7 +255,12 @@ def print_summary(summary: dict) -> None:
         f"(-{QUALITY_SLACK} dB) after {_fmt(summary['ours_passes_to_reference'])} passes: "
         f"ratio {_fmt(summary['work_ratio_at_equal_psnr'])} (digits redrawn: "
         f"{_fmt(summary['ratio_p05'])}-{_fmt(summary['ratio_p95'])}); ours stops at "
-        f"{summary['ours_final_psnr']:.2f} dB after {summary['ours_final_passes']:.0f} passes",
+        f"{summary['ours_final_psnr']:.2f} dB after {summary['ours_final_passes']:.0f} passes"
+        + (
+            f"; time ratio at equal quality {_fmt(summary['time_ratio_at_equal_psnr'])}"
+            if summary["reference_seconds"] is not None
+            else ""
+        ),
         flush=True,
     )
 
@@ -249,10 +273,11 @@ def write_outputs(traces: dict, out: Path, resamples: int, announce: bool = Fals
         print_summary(summary)
     rows = [
         {"task": task, "method": name, "iteration": it, "passes": work, "psnr": value}
+        | {"seconds": timing[0] if timing else None}
         | {f"psnr_digit_{i}": digit for i, digit in enumerate(digits)}
         for task, methods in traces.items()
         for name, points in methods.items()
-        for it, work, value, digits in points
+        for it, work, value, digits, *timing in points
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, table in ((out.with_suffix(".csv"), rows), (Path(f"{out}_summary.csv"), summaries)):

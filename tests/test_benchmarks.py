@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,29 @@ def test_equal_quality_ratio_takes_the_first_point_within_the_slack():
     assert summary["work_ratio_at_equal_psnr"] == pytest.approx(20.0 / 600.0)
     assert summary["ours_final_psnr"] == 33.0 and summary["ours_best_psnr"] == 33.0
     assert summary["ours_final_passes"] == 310.0
+
+
+def test_time_ratio_at_equal_quality_uses_the_seconds_of_the_same_point():
+    # (iteration, passes per image, PSNR, per-digit PSNRs, seconds of solving so far)
+    reference = [(100, 200.0, 20.0, [20.0], 40.0), (300, 600.0, 30.0, [30.0], 100.0)]
+    ours = [(5, 10.0, 25.0, [25.0], 3.0), (10, 20.0, 29.95, [29.95], 8.0), (300, 310, 33, [33], 90)]
+    summary = solver_curves.summarise("cs0.1", reference, ours)
+    assert summary["reference_seconds"] == 100.0 and summary["ours_seconds_to_reference"] == 8.0
+    assert summary["time_ratio_at_equal_psnr"] == pytest.approx(0.08)
+    assert summary["work_ratio_at_equal_psnr"] == pytest.approx(20.0 / 600.0)
+
+
+def test_timed_traces_survive_a_write_and_read(tmp_path):
+    traces = {
+        "hole": {
+            "paper-guarded": [(600, 600.0, 20.0, [20.0, 20.0], 50.0)],
+            "ours": [(5, 60.0, 20.0, [20.0, 20.0], 4.5), (10, 120.0, 21.0, [21.0, 21.0], 9.0)],
+        }
+    }
+    solver_curves.write_outputs(traces, tmp_path / "t", 0)
+    assert solver_curves.read_traces(tmp_path / "t.csv") == traces
+    summary = (tmp_path / "t_summary.csv").read_text().splitlines()[1]
+    assert summary.endswith(",50,4.5,0.09")
 
 
 def test_equal_quality_ratio_is_empty_when_never_reached():
@@ -80,7 +104,7 @@ def test_merge_combines_runs_and_matches_their_summaries(tmp_path, capsys):
         [20.0, 20.0],
     )
     summary = (tmp_path / "m_summary.csv").read_text().splitlines()
-    assert summary[1] == "cs0.1,30,600,120,10,0.2,0.2,0.2,30,120,30"
+    assert summary[1] == "cs0.1,30,600,120,10,0.2,0.2,0.2,30,120,30,,,"  # untimed: no seconds
     assert summary[2].startswith("hole,20,600,60,5,0.1,0.1,0.1,")
     assert (tmp_path / "m.png").stat().st_size > 0
 
@@ -116,7 +140,7 @@ def test_trace_ends_with_what_the_solve_returns():
     from types import SimpleNamespace
 
     class Model:
-        glow = SimpleNamespace(decode=lambda z: z.view(-1, 1, 2, 2))
+        glow = SimpleNamespace(decode=lambda z: time.sleep(0.3) or z.view(-1, 1, 2, 2))
         callback = None
 
         def solve(self, y, physics):
@@ -130,6 +154,7 @@ def test_trace_ends_with_what_the_solve_returns():
     truth = torch.full((2, 1, 2, 2), 0.6)
     trace = solver_curves.trace_solver(Model(), None, None, truth, every=5)
     assert len(trace) == 1
-    iteration, passes, mean_psnr, _ = trace[0]
+    iteration, passes, mean_psnr, _, seconds = trace[0]
     assert (iteration, passes) == (5, 10.0)
     assert mean_psnr == pytest.approx(20.0, abs=1e-4)  # of x = 0.5, not of G(0) = 0
+    assert 0.0 <= seconds < 0.25  # the trace's decode (0.3 s asleep) is not the solve's time
