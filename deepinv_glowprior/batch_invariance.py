@@ -10,11 +10,14 @@ ways out, both exact to the last bit:
   algorithm by batch size, but on the CPUs we measured it keeps one algorithm for every batch of
   2 to 15 samples, computing each sample alone within it. A batch is cut into chunks of at most
   :data:`MAX_CHUNK` rows and a lone row is given a copy for company. Whether the CPU and the
-  model behave so is checked once per model, thread count and dtype, by comparing a probe's
-  rows in chunks of several sizes and positions; if any bit differs, the native kernels are used.
-  For ``mnist32`` on one thread a decode and backward pass of 32 latents took 372 ms against
-  510 ms with the native kernels under ``benchmarks/profile_decode.py``'s profiler, and whole
-  solves about 0.55-0.65x their earlier time (``benchmarks/solver_speed.py``).
+  model behave so is checked once per model, thread count, dtype and weight layout, by comparing
+  a probe's rows in chunks of several sizes and positions; if any bit differs, the native kernels
+  are used. The evaluator holds the model's weights channels-last (:func:`channels_last_weights`)
+  meanwhile, which makes oneDNN compute on NHWC data, about 10% faster than on NCHW.
+  For ``mnist32`` on one thread a decode and backward pass of 32 latents took 372 ms in chunks
+  (NCHW) against 510 ms with the native kernels under ``benchmarks/profile_decode.py``'s
+  profiler, and whole solves about 0.55-0.65x their earlier time
+  (``benchmarks/solver_speed.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = [
     "MAX_CHUNK",
     "InvariantEvaluator",
     "batch_invariant_kernels",
+    "channels_last_weights",
     "chunk_sizes",
     "onednn_chunks_are_invariant",
 ]
@@ -98,6 +102,56 @@ def _onednn_kernels() -> Iterator[None]:
         torch.backends.nnpack.set_flags(nnpack_was_enabled)
 
 
+@contextlib.contextmanager
+def channels_last_weights(model: torch.nn.Module) -> Iterator[None]:
+    r"""Hold a model's 4-D parameters and buffers in channels-last layout, restored on exit.
+
+    oneDNN then runs its convolutions on channels-last (NHWC) data, which on CPU is faster than
+    on the default (NCHW) layout: for ``mnist32`` on one thread a solve's decode and backward
+    passes took about 0.88 of their time (``benchmarks/profile_decode.py``). The values are
+    unchanged; the convolutions' sums run in another order, so results differ in the last bits.
+    The model is changed in place while inside, so do not use it from another thread then.
+
+    :param torch.nn.Module model: the model whose weights are re-laid.
+
+    :Example:
+
+    >>> import torch
+    >>> from deepinv_glowprior.batch_invariance import channels_last_weights
+    >>> conv = torch.nn.Conv2d(2, 4, 3)
+    >>> with channels_last_weights(conv):
+    ...     conv.weight.is_contiguous(memory_format=torch.channels_last)
+    True
+    >>> conv.weight.is_contiguous()
+    True
+    """
+    moved = [
+        tensor
+        for tensor in (*model.parameters(), *model.buffers())
+        if tensor.dim() == 4 and not tensor.is_contiguous(memory_format=torch.channels_last)
+    ]
+    with torch.no_grad():
+        for tensor in moved:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for tensor in moved:
+                tensor.data = tensor.data.contiguous()
+
+
+def _weights_channels_last(model: torch.nn.Module) -> bool:
+    """Whether any 4-D weight of ``model`` is laid out channels-last (and not also NCHW)."""
+    return any(p.dim() == 4 and not p.is_contiguous() for p in model.parameters())
+
+
+def _onednn_available(model: torch.nn.Module) -> bool:
+    parameter = next(model.parameters(), None)
+    on_cpu = parameter is None or parameter.device.type == "cpu"
+    return on_cpu and torch.backends.mkldnn.is_available()
+
+
 def chunk_sizes(rows: int, max_chunk: int = MAX_CHUNK) -> list[int]:
     r"""Sizes of the fewest chunks of at most ``max_chunk`` rows that hold ``rows`` rows.
 
@@ -139,9 +193,10 @@ class InvariantEvaluator:
     r"""Evaluates a model's transforms so that each sample's result ignores its batch.
 
     On CPU, where :func:`onednn_chunks_are_invariant` holds for this model, thread count and
-    dtype: oneDNN convolutions in chunks of 2 to :data:`MAX_CHUNK` rows (fast). Elsewhere: the
-    native kernels of :func:`batch_invariant_kernels`, a lone sample padded to two when torch
-    uses several threads.
+    dtype with channels-last weights: oneDNN convolutions in chunks of 2 to :data:`MAX_CHUNK`
+    rows, the weights held channels-last inside :meth:`kernels` (fast). Elsewhere: the native
+    kernels of :func:`batch_invariant_kernels` on the model's own layout, a lone sample padded
+    to two when torch uses several threads.
 
     :param torch.nn.Module model: the model whose transforms are evaluated (the probe's key).
     :param probe: ``probe(z)`` returns the model's outputs for latents ``z`` ``(B, n)`` whose
@@ -170,10 +225,20 @@ class InvariantEvaluator:
         self.dim = dim
         self.chunked = False
 
-    def kernels(self) -> contextlib.AbstractContextManager[None]:
-        """The kernels to evaluate under; decides between chunked oneDNN and native kernels."""
-        self.chunked = onednn_chunks_are_invariant(self.model, self.probe, self.dim)
-        return _onednn_kernels() if self.chunked else batch_invariant_kernels()
+    @contextlib.contextmanager
+    def kernels(self) -> Iterator[None]:
+        """The kernels to evaluate under: chunked oneDNN on channels-last weights where the
+        probe finds it invariant, else the native kernels on the model's own layout."""
+        if _onednn_available(self.model):
+            with channels_last_weights(self.model):
+                self.chunked = onednn_chunks_are_invariant(self.model, self.probe, self.dim)
+                if self.chunked:
+                    with _onednn_kernels():
+                        yield
+                    return
+        self.chunked = False
+        with batch_invariant_kernels():
+            yield
 
     def __call__(self, transform: Transform, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``transform(inputs)`` computed so that each row's result ignores the others."""
@@ -187,7 +252,8 @@ class InvariantEvaluator:
 def onednn_chunks_are_invariant(model: torch.nn.Module, probe: Transform, dim: int) -> bool:
     r"""Whether ``probe`` gives each row the same bits in every oneDNN chunk of 2 to 15 rows.
 
-    Checked once per model, thread count and dtype (cached): the probe's first two rows,
+    Checked once per model, thread count, dtype and weight layout (cached; see
+    :func:`channels_last_weights`): the probe's first two rows,
     at several places in chunks of several sizes, must give the same outputs and the same
     gradients of a fixed weighted sum. Only on CPU, with oneDNN available; else ``False``.
 
@@ -197,12 +263,11 @@ def onednn_chunks_are_invariant(model: torch.nn.Module, probe: Transform, dim: i
     :param int dim: latent size.
     :return: ``True`` where chunked oneDNN evaluation is batch-invariant.
     """
+    if not _onednn_available(model):
+        return False
     parameter = next(model.parameters(), None)
     dtype = parameter.dtype if parameter is not None else torch.get_default_dtype()
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return False
-    key = (torch.get_num_threads(), dtype)
+    key = (torch.get_num_threads(), dtype, _weights_channels_last(model))
     cached = _PROBE_CACHE.setdefault(model, {})
     if key not in cached:
         cached[key] = _probe_agrees(probe, dim, dtype)

@@ -11,6 +11,7 @@ from deepinv_glowprior import Glow
 from deepinv_glowprior.batch_invariance import (
     MAX_CHUNK,
     InvariantEvaluator,
+    channels_last_weights,
     chunk_sizes,
     onednn_chunks_are_invariant,
 )
@@ -112,3 +113,59 @@ def test_kernel_flags_are_restored(glow, monkeypatch, chunked):
         assert not torch._C._get_nnpack_enabled()
         assert torch.backends.mkldnn.enabled is chunked
     assert (torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled()) == before
+
+
+def _spatial_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p for p in model.parameters() if p.dim() == 4 and p.shape[-1] * p.shape[-2] > 1]
+
+
+def test_channels_last_weights_keeps_values_and_restores_the_layout(glow):
+    weights = _spatial_weights(glow)
+    assert weights, "the tiny Glow should have spatial convolutions"
+    before = [w.detach().clone() for w in weights]
+    with channels_last_weights(glow):
+        for weight, value in zip(weights, before, strict=True):
+            assert weight.is_contiguous(memory_format=torch.channels_last)
+            assert not weight.is_contiguous()
+            assert torch.equal(weight, value)
+    for weight, value in zip(weights, before, strict=True):
+        assert weight.is_contiguous() and torch.equal(weight, value)
+
+
+def test_channels_last_weights_leaves_channels_last_weights_so():
+    conv = torch.nn.Conv2d(2, 3, 3).to(memory_format=torch.channels_last)
+    with channels_last_weights(conv):
+        pass
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["onednn-chunks", "native"])
+def test_kernels_lay_the_weights_channels_last_only_for_the_chunks(glow, monkeypatch, chunked):
+    import deepinv_glowprior.batch_invariance as module
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("oneDNN is not available in this build of torch")
+    monkeypatch.setattr(module, "onednn_chunks_are_invariant", lambda *args: chunked)
+    evaluator = InvariantEvaluator(glow, glow._decode, glow.latent_dim)
+    with evaluator.kernels():
+        inside = [w.is_contiguous() for w in _spatial_weights(glow)]
+    assert inside == [not chunked] * len(inside)
+    assert all(w.is_contiguous() for w in _spatial_weights(glow))
+
+
+def test_probe_runs_again_for_another_weight_layout():
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("oneDNN is not available in this build of torch")
+    conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+    calls = []
+
+    def counting(z):
+        calls.append(z.shape[0])
+        return (conv(z.reshape(-1, 2, 2, 2)),)
+
+    onednn_chunks_are_invariant(conv, counting, 8)
+    first = len(calls)
+    with channels_last_weights(conv):
+        onednn_chunks_are_invariant(conv, counting, 8)
+    assert len(calls) > first
