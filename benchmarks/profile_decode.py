@@ -12,12 +12,16 @@ whole batch, and NNPACK from 16 samples on; not batch-invariant).
 Usage::
 
     python benchmarks/profile_decode.py --batch 8 --repeats 5
+
+Each line also gives the median time of ``repeats`` passes without the profiler, whose cost per
+operator hides part of the difference between the two layouts; the last line is their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import time
 import warnings
 
@@ -56,7 +60,10 @@ GROUPS = {
 }
 
 
-def _profile(decode, z: torch.Tensor, repeats: int) -> tuple[dict[str, float], float]:
+def _profile(decode, z: torch.Tensor, repeats: int) -> tuple[dict[str, float], float, float]:
+    """Shares of the operator groups, seconds per step under the profiler, and the median
+    seconds per step without it (the profiler's per-operator cost blurs small differences)."""
+
     def step() -> None:
         z.grad = None
         decode(z).pow(2).sum().backward()
@@ -68,6 +75,11 @@ def _profile(decode, z: torch.Tensor, repeats: int) -> tuple[dict[str, float], f
         for _ in range(repeats):
             step()
     seconds = (time.perf_counter() - started) / repeats
+    plain = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        plain.append(time.perf_counter() - started)
     shares = dict.fromkeys(GROUPS, 0.0)
     total = 0.0
     for event in prof.key_averages():
@@ -79,7 +91,7 @@ def _profile(decode, z: torch.Tensor, repeats: int) -> tuple[dict[str, float], f
                 break
     shares = {group: value / total for group, value in shares.items()}
     shares["other"] = 1.0 - sum(shares.values())
-    return shares, seconds
+    return shares, seconds, statistics.median(plain)
 
 
 def main() -> None:
@@ -105,11 +117,17 @@ def main() -> None:
         "native (batch-invariant)": (batch_invariant_kernels, glow.decode),
         "PyTorch default (oneDNN)": (contextlib.nullcontext, glow.decode),
     }
+    unprofiled = {}
     for label, (context, decode) in kernels.items():
         with context():
-            shares, seconds = _profile(decode, z, args.repeats)
+            shares, seconds, unprofiled[label] = _profile(decode, z, args.repeats)
         parts = ", ".join(f"{group} {share:.0%}" for group, share in shares.items())
-        print(f"{label:24s} {seconds * 1e3:7.1f} ms per decode+backward of {args.batch}: {parts}")
+        print(
+            f"{label:24s} {seconds * 1e3:7.1f} ms per decode+backward of {args.batch} "
+            f"({unprofiled[label] * 1e3:.1f} ms unprofiled): {parts}"
+        )
+    layouts = unprofiled["oneDNN chunks, NHWC"] / unprofiled["oneDNN chunks, NCHW"]
+    print(f"oneDNN chunks, NHWC / NCHW time (unprofiled medians): {layouts:.2f}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ ways out, both exact to the last bit:
   model behave so is checked once per model, thread count, dtype and weight layout, by comparing
   a probe's rows in chunks of several sizes and positions; if any bit differs, the native kernels
   are used. The evaluator holds the model's weights channels-last (:func:`channels_last_weights`)
-  meanwhile, which makes oneDNN compute on NHWC data, about 10% faster than on NCHW.
+  meanwhile, which makes oneDNN compute on NHWC data, a few percent faster than on NCHW.
   For ``mnist32`` on one thread a decode and backward pass of 32 latents took 372 ms in chunks
   (NCHW) against 510 ms with the native kernels under ``benchmarks/profile_decode.py``'s
   profiler, and whole solves about 0.55-0.65x their earlier time
@@ -107,9 +107,10 @@ def channels_last_weights(model: torch.nn.Module) -> Iterator[None]:
     r"""Hold a model's 4-D parameters and buffers in channels-last layout, restored on exit.
 
     oneDNN then runs its convolutions on channels-last (NHWC) data, which on CPU is faster than
-    on the default (NCHW) layout: for ``mnist32`` on one thread a solve's decode and backward
-    passes took about 0.88 of their time (``benchmarks/profile_decode.py``). The values are
-    unchanged; the convolutions' sums run in another order, so results differ in the last bits.
+    on the default (NCHW) layout: for ``mnist32`` on one thread a decode and backward pass of
+    32 latents in chunks took 0.93 of its NCHW time (``benchmarks/profile_decode.py``). The
+    values are unchanged; the convolutions' sums run in another order, so results differ in the
+    last bits.
     The model is changed in place while inside, so do not use it from another thread then.
 
     :param torch.nn.Module model: the model whose weights are re-laid.

@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import posterior as posterior_benchmark  # noqa: E402
+import profile_decode  # noqa: E402
 import solver_curves  # noqa: E402
 import solver_speed  # noqa: E402
 
@@ -158,3 +159,15 @@ def test_trace_ends_with_what_the_solve_returns():
     assert (iteration, passes) == (5, 10.0)
     assert mean_psnr == pytest.approx(20.0, abs=1e-4)  # of x = 0.5, not of G(0) = 0
     assert 0.0 <= seconds < 0.25  # the trace's decode (0.3 s asleep) is not the solve's time
+
+
+def test_profile_shares_sum_to_one_and_times_are_positive():
+    conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+    z = torch.randn(3, 8, requires_grad=True)
+    shares, profiled, unprofiled = profile_decode._profile(
+        lambda latents: conv(latents.reshape(-1, 2, 2, 2)), z, repeats=3
+    )
+    assert set(shares) == {*profile_decode.GROUPS, "other"}
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["convolutions"] > 0
+    assert profiled > 0 and unprofiled > 0
