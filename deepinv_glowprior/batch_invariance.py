@@ -128,8 +128,8 @@ def channels_last_weights(model: torch.nn.Module) -> Iterator[None]:
     """
     moved = [
         tensor
-        for tensor in (*model.parameters(), *model.buffers())
-        if tensor.dim() == 4 and not tensor.is_contiguous(memory_format=torch.channels_last)
+        for tensor in _four_d_tensors(model)
+        if not tensor.is_contiguous(memory_format=torch.channels_last)
     ]
     with torch.no_grad():
         for tensor in moved:
@@ -142,9 +142,14 @@ def channels_last_weights(model: torch.nn.Module) -> Iterator[None]:
                 tensor.data = tensor.data.contiguous()
 
 
+def _four_d_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The parameters and buffers whose layout :func:`channels_last_weights` sets."""
+    return [tensor for tensor in (*model.parameters(), *model.buffers()) if tensor.dim() == 4]
+
+
 def _weights_channels_last(model: torch.nn.Module) -> bool:
     """Whether any 4-D weight of ``model`` is laid out channels-last (and not also NCHW)."""
-    return any(p.dim() == 4 and not p.is_contiguous() for p in model.parameters())
+    return any(not tensor.is_contiguous() for tensor in _four_d_tensors(model))
 
 
 def _onednn_available(model: torch.nn.Module) -> bool:
