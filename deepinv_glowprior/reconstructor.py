@@ -25,6 +25,7 @@ from deepinv_glowprior.glow import Glow
 from deepinv_glowprior.solvers import (
     IterationCallback,
     SolverResult,
+    StuckTest,
     batched_adam,
     batched_lbfgs,
 )
@@ -47,6 +48,13 @@ _RANGE_MARGIN = 1.0  # G(z) beyond [-margin, 1 + margin] before clamping: y is o
 # this fraction of its iterations (50 of the default 300).
 _RETRY_DAMPED_FRACTION = 1 / 6
 _RETRY_DAMPED_LR = 0.1
+# A sample stuck in a local minimum is sent back to its start early, rather than at the end:
+# after this fraction of the iterations (60 of 300), if its residual is still above
+# _STUCK_RESIDUAL m sigma^2 and fell by less than half over the last half of them.
+_STUCK_FRACTION = 1 / 5
+_STUCK_RESIDUAL = 100.0
+_STUCK_RATIO = 0.5
+_STUCK_MIN_ITER = 10  # fewer iterations say too little about where a sample is going
 
 
 @dataclass
@@ -68,6 +76,8 @@ class GlowSolution:
     :param int rejected_steps: trial steps rejected for a non-finite objective.
     :param torch.Tensor step_shrink: per sample ``(B,)``, how much shorter than ``lr`` the
         solver's steps were, in halvings summed over iterations (all restarts and grid points).
+    :param torch.Tensor retried: per sample ``(B,)``, whether it was solved again from its start
+        with short first steps (``retry_misfit``), early or at the end.
     """
 
     x: torch.Tensor
@@ -81,6 +91,7 @@ class GlowSolution:
     rejected_steps: int = 0
     step_shrink: torch.Tensor | None = None
     sample_evaluations: int = 0
+    retried: torch.Tensor | None = None
 
 
 def noise_sigma(physics) -> float:
@@ -128,7 +139,9 @@ class GlowReconstructor(Reconstructor):
     A sample whose residual ends far above the noise level (``retry_misfit`` times
     :math:`m\sigma^2`) has not explained :math:`y`; usually a long early step has taken it into a
     local minimum. It is solved once more from its start with short first steps (those of the
-    reference protocol) and keeps the better of the two solutions.
+    reference protocol) and keeps the better of the two solutions. A sample plainly stuck early
+    (after a fifth of the iterations, its residual above :math:`100\, m\sigma^2` and fallen by
+    less than half over the last tenth) goes back to its start at once, while the others go on.
 
     Works under ``torch.no_grad()`` callers such as :func:`deepinv.test`.
 
@@ -156,7 +169,11 @@ class GlowReconstructor(Reconstructor):
         (``damped_iter`` of :func:`~deepinv_glowprior.solvers.batched_lbfgs`), and keeps the
         solution with the lower objective. Only with L-BFGS, ``gamma=0`` (a larger one holds the
         residual above the noise level by itself), a ``GaussianNoise`` of one level
-        :math:`\sigma > 0`, and a physics that acts on each image alone; ``None``: never.
+        :math:`\sigma > 0`, and a physics that acts on each image alone; ``None``: never. A
+        sample stuck after a fifth of the iterations (60 of 300) is retried then rather than at
+        the end (see above; ``stuck_iter`` and ``is_stuck`` of
+        :func:`~deepinv_glowprior.solvers.batched_lbfgs`), with a fifth more iterations; not
+        with ``max_iter < 50``, where a fifth says too little.
     :param str optimizer: ``"lbfgs"`` or ``"adam"``.
     :param float lr: initial step (L-BFGS, default 1) or learning rate (Adam, default 0.01).
     :param int max_iter: iterations per solve (default 300 for L-BFGS, 2000 for Adam).
@@ -438,7 +455,12 @@ class GlowReconstructor(Reconstructor):
         return self._residual(x, y, physics), self._regularization(z, logdet)
 
     def _run_solver(
-        self, objective, z0: torch.Tensor, damped_iter: int = 0, callback=None
+        self,
+        objective,
+        z0: torch.Tensor,
+        damped_iter: int = 0,
+        callback=None,
+        is_stuck: StuckTest | None = None,
     ) -> SolverResult:
         if self.optimizer == "adam":
             return batched_adam(
@@ -462,6 +484,9 @@ class GlowReconstructor(Reconstructor):
             max_step=self.max_step,
             damped_iter=damped_iter,
             damped_lr=_RETRY_DAMPED_LR,
+            stuck_iter=self._stuck_iter,
+            is_stuck=is_stuck if self._stuck_iter >= _STUCK_MIN_ITER else None,
+            restart_damped_iter=self._retry_damped_iter,
             row_subsets=self._row_subsets,
             progress=self.progress,
             callback=callback or self.callback,
@@ -509,23 +534,39 @@ class GlowReconstructor(Reconstructor):
         if self.gamma == "auto":
             return self._solve_discrepancy(y, physics)
         gamma = torch.full((y.shape[0],), float(self.gamma), device=y.device, dtype=y.dtype)
+        misfit_residual = self._misfit_residual(y, physics, gamma)
+        is_stuck = None
+        if misfit_residual is not None:
+            stuck_residual = misfit_residual / self.retry_misfit * _STUCK_RESIDUAL
+
+            def is_stuck(residual: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
+                return (residual > stuck_residual) & (residual > _STUCK_RATIO * earlier)
+
         best: GlowSolution | None = None
         stuck = torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
         for restart in range(self.restarts):
             z0 = self._initial_latent(y, physics, restart)
-            solution = self._solve_fixed_gamma(y, physics, gamma, z0)
+            solution = self._solve_fixed_gamma(y, physics, gamma, z0, is_stuck=is_stuck)
             start = solution.history[0]
             no_decrease = start - solution.objective <= _NO_PROGRESS_RTOL * start.abs()
             stuck &= no_decrease & (start > 0)  # a start with objective 0 is already optimal
             best = solution if best is None else _keep_better(best, solution)
-        best = self._retry_misfits(y, physics, gamma, best)
+        if misfit_residual is not None:
+            best = self._retry_misfits(y, physics, gamma, best, misfit_residual)
         self._diagnose(best, stuck)
         return best
 
-    def _retry_misfits(
-        self, y: torch.Tensor, physics, gamma: torch.Tensor, solution: GlowSolution
-    ) -> GlowSolution:
-        """Solve the samples whose residual is far above the noise level again, damped at first."""
+    @property
+    def _stuck_iter(self) -> int:
+        return round(self.max_iter * _STUCK_FRACTION)
+
+    @property
+    def _retry_damped_iter(self) -> int:
+        return round(self.max_iter * _RETRY_DAMPED_FRACTION)
+
+    def _misfit_residual(self, y: torch.Tensor, physics, gamma: torch.Tensor) -> float | None:
+        """The residual above which a sample is retried (``retry_misfit``), or ``None`` where
+        retries do not apply."""
         # With gamma > 0 the regulariser itself holds the residual above the noise level.
         if (
             self.retry_misfit is None
@@ -533,12 +574,24 @@ class GlowReconstructor(Reconstructor):
             or not self._row_subsets
             or bool((gamma > 0).any())
         ):
-            return solution
+            return None
         try:
             sigma = noise_sigma(physics)
         except ValueError:  # no single known Gaussian noise level: no misfit threshold
-            return solution
-        misfit = solution.residual > self.retry_misfit * y[0].numel() * sigma**2
+            return None
+        return self.retry_misfit * y[0].numel() * sigma**2
+
+    def _retry_misfits(
+        self,
+        y: torch.Tensor,
+        physics,
+        gamma: torch.Tensor,
+        solution: GlowSolution,
+        misfit_residual: float,
+    ) -> GlowSolution:
+        """Solve the samples whose residual is far above the noise level again, damped at first
+        (those retried early already had theirs)."""
+        misfit = (solution.residual > misfit_residual) & ~solution.retried
         rows = misfit.nonzero().squeeze(1)
         if rows.numel() == 0:
             return solution
@@ -562,9 +615,10 @@ class GlowReconstructor(Reconstructor):
             physics,
             gamma[rows],
             z0,
-            damped_iter=round(self.max_iter * _RETRY_DAMPED_FRACTION),
+            damped_iter=self._retry_damped_iter,
             callback=callback,
         )
+        retry.retried[:] = True
         return _keep_better_rows(solution, retry, rows)
 
     def _solve_fixed_gamma(
@@ -575,13 +629,14 @@ class GlowReconstructor(Reconstructor):
         z0: torch.Tensor,
         damped_iter: int = 0,
         callback: IterationCallback | None = None,
+        is_stuck: StuckTest | None = None,
     ) -> GlowSolution:
         def objective(z: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
             rows = slice(None) if rows is None else rows
             residual, regularization = self._terms(z, y[rows], physics)
             return residual + gamma[rows] * regularization
 
-        result = self._run_solver(objective, z0, damped_iter, callback)
+        result = self._run_solver(objective, z0, damped_iter, callback, is_stuck)
         with torch.no_grad():
             x, _ = self._decode(result.z)
             residual, _ = self._terms(result.z, y, physics)
@@ -602,6 +657,11 @@ class GlowReconstructor(Reconstructor):
             sample_evaluations=result.sample_evaluations,
             rejected_steps=result.rejected_steps,
             step_shrink=result.step_shrink,
+            retried=(
+                result.restarted.clone()
+                if result.restarted is not None
+                else torch.zeros_like(gamma, dtype=torch.bool)
+            ),
         )
 
     def _solve_discrepancy(self, y: torch.Tensor, physics) -> GlowSolution:
@@ -728,7 +788,17 @@ def _keep_better_rows(
         sample_evaluations=current.sample_evaluations + candidate.sample_evaluations,
         rejected_steps=current.rejected_steps + candidate.rejected_steps,
         step_shrink=step_shrink,
+        retried=_union_rows(current.retried, candidate.retried, rows),
     )
+
+
+def _union_rows(
+    whole: torch.Tensor | None, part: torch.Tensor | None, rows: torch.Tensor
+) -> torch.Tensor | None:
+    """``whole`` with ``part`` (the flags of its samples ``rows``) or-ed in."""
+    if whole is None or part is None:
+        return whole
+    return whole.index_copy(0, rows, whole[rows] | part)
 
 
 def _take(current: GlowSolution, candidate: GlowSolution, mask: torch.Tensor) -> GlowSolution:
@@ -746,6 +816,11 @@ def _take(current: GlowSolution, candidate: GlowSolution, mask: torch.Tensor) ->
         sample_evaluations=current.sample_evaluations + candidate.sample_evaluations,
         rejected_steps=current.rejected_steps + candidate.rejected_steps,
         step_shrink=_add(current.step_shrink, candidate.step_shrink),
+        retried=(
+            None
+            if current.retried is None or candidate.retried is None
+            else current.retried | candidate.retried
+        ),
     )
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "BatchObjective",
     "IterationCallback",
     "SolverResult",
+    "StuckTest",
     "batched_adam",
     "batched_lbfgs",
 ]
@@ -26,6 +27,11 @@ __all__ = [
 BatchObjective = Callable[..., torch.Tensor]
 """Maps latents ``(B, n)`` to per-sample objective values ``(B,)``; with ``row_subsets=True``
 it is called as ``objective(z, rows)`` with the latents of batch rows ``rows`` only."""
+
+StuckTest = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""Called as ``is_stuck(values, earlier_values)`` with the objective values ``(R,)`` of some
+samples after iteration ``stuck_iter`` and after iteration ``stuck_iter // 2``; returns ``(R,)``
+booleans, true for the samples to restart."""
 
 IterationCallback = Callable[[int, torch.Tensor, int], None]
 """Called after each iteration as ``callback(iteration, best_z, sample_evaluations)``: the
@@ -56,6 +62,8 @@ class SolverResult:
         taken were, in halvings (:math:`\log_2` of the ratio) summed over iterations: the
         ``max_step`` cap and line-search halvings of L-BFGS (a failed line search counts in
         full), the learning-rate halvings of Adam. Many per iteration mean ``lr`` is too large.
+    :param torch.Tensor restarted: per sample ``(B,)``, whether L-BFGS restarted it from
+        :math:`z_0` after ``stuck_iter`` iterations (``None`` from Adam).
     """
 
     z: torch.Tensor
@@ -67,6 +75,7 @@ class SolverResult:
     rejected_steps: int = 0
     step_shrink: torch.Tensor | None = None
     sample_evaluations: int = 0
+    restarted: torch.Tensor | None = None
 
 
 class _Evaluator:
@@ -167,10 +176,13 @@ class _CurvatureMemory:
         self.initial_scale[rows] = torch.where(keep, scale, self.initial_scale[rows])
         self.has_pairs[rows] |= keep
         self.written[rows] += 1
-        forget = rows[~moved]
-        self.rho[:, forget] = 0.0
-        self.has_pairs[forget] = False
-        self.initial_scale[forget] = 1.0
+        self.forget(rows[~moved])
+
+    def forget(self, rows: torch.Tensor) -> None:
+        """Drop every pair of samples ``rows``: their next direction is the steepest descent."""
+        self.rho[:, rows] = 0.0
+        self.has_pairs[rows] = False
+        self.initial_scale[rows] = 1.0
 
 
 def _progress_bar(max_iter: int, progress: bool, desc: str):
@@ -191,6 +203,9 @@ def batched_lbfgs(
     max_backtracks: int = 20,
     damped_iter: int = 0,
     damped_lr: float = 0.1,
+    stuck_iter: int = 0,
+    is_stuck: StuckTest | None = None,
+    restart_damped_iter: int = 0,
     row_subsets: bool = False,
     progress: bool = False,
     callback: IterationCallback | None = None,
@@ -220,6 +235,13 @@ def batched_lbfgs(
     descent path from :math:`z_0` more closely and can avoid a local minimum that long first
     steps run into. The curvature pairs gathered meanwhile are kept.
 
+    With ``is_stuck``, a sample that has run ``stuck_iter`` iterations is tested once:
+    ``is_stuck(f_k, f_{k/2})`` on its objective values after iterations
+    :math:`k` = ``stuck_iter`` and :math:`k/2`. A stuck sample (typically one in a local minimum
+    whose objective has almost stopped falling) starts again from :math:`z_0`, without curvature
+    pairs, with ``restart_damped_iter`` damped iterations, and gets ``stuck_iter`` iterations more;
+    it keeps the better of its two solutions (the best iterate overall).
+
     :param objective: maps ``(B, n)`` latents to ``(B,)`` values; must be differentiable.
     :param torch.Tensor z0: starting latents ``(B, n)``.
     :param int max_iter: iterations (one direction and line search each).
@@ -232,6 +254,9 @@ def batched_lbfgs(
     :param int max_backtracks: step halvings before a line search gives up.
     :param int damped_iter: iterations at the short step ``damped_lr`` before the others.
     :param float damped_lr: the step of those iterations.
+    :param int stuck_iter: iterations after which ``is_stuck`` is asked.
+    :param StuckTest is_stuck: which samples to restart (see :data:`StuckTest`); ``None``: none.
+    :param int restart_damped_iter: damped iterations at the start of a restart.
     :param bool row_subsets: call ``objective(z, rows)`` on the rows still searching only, so
         samples that stopped or accepted their step cost nothing (``rows`` indexes the batch).
     :param bool progress: show a progress bar.
@@ -255,6 +280,13 @@ def batched_lbfgs(
         raise ValueError(f"damped_iter must be an int >= 0, got {damped_iter!r}.")
     if not (isinstance(damped_lr, (int, float)) and math.isfinite(damped_lr) and damped_lr > 0):
         raise ValueError(f"damped_lr must be a finite number > 0, got {damped_lr!r}.")
+    for name, value in (("stuck_iter", stuck_iter), ("restart_damped_iter", restart_damped_iter)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
+    if is_stuck is not None and not callable(is_stuck):
+        raise TypeError(f"is_stuck must be callable or None, got {type(is_stuck).__name__}.")
+    if is_stuck is not None and stuck_iter < 2:
+        raise ValueError(f"is_stuck needs stuck_iter >= 2, got {stuck_iter}.")
     evaluate = _Evaluator(objective, row_subsets)
     batch = z0.shape[0]
     z = z0.detach().clone()
@@ -274,13 +306,19 @@ def batched_lbfgs(
     step_shrink = torch.zeros_like(f)
     direction, slope = torch.zeros_like(z), torch.zeros_like(f)
     t, nominal = torch.zeros_like(f), torch.zeros_like(f)
-    trace = f.new_empty(max_iter + 1, batch)
+    # A restarted sample counts its iterations on, so its limits move with it.
+    damped_until = torch.full_like(iterations, damped_iter)
+    iteration_limit = torch.full_like(iterations, max_iter)
+    restarted = torch.zeros(batch, dtype=torch.bool, device=z.device)
+    check_stuck = is_stuck is not None and 0 < stuck_iter < max_iter
+    trace = f.new_empty(max_iter + (stuck_iter if check_stuck else 0) + 1, batch)
     trace[0] = f
+    start_z, start_f, start_g = z.clone(), f.clone(), g.clone()
     best_z, best_f = z.clone(), f.clone()
 
     def start_iteration(rows: torch.Tensor) -> None:
         """Direction and first trial step of the next iteration of ``rows``."""
-        damped = iterations[rows] < damped_iter
+        damped = iterations[rows] < damped_until[rows]
         step = torch.full_like(f[rows], lr).masked_fill(damped, damped_lr)
         grad = g[rows]
         along = pairs.direction(grad, rows)
@@ -314,13 +352,35 @@ def batched_lbfgs(
         improved = f_next < best_f[rows]
         best_z[rows[improved]], best_f[rows[improved]] = z_next[improved], f_next[improved]
         converged[rows] |= done
-        active[rows] = ~done & (iterations[rows] < max_iter)
+        active[rows] = ~done & (iterations[rows] < iteration_limit[rows])
+        if check_stuck:
+            restart(rows[(iterations[rows] == stuck_iter) & ~restarted[rows]])
         start_iteration(rows[active[rows]])
+
+    def restart(rows: torch.Tensor) -> None:
+        """Send the samples of ``rows`` that ``is_stuck`` picks back to their start."""
+        if rows.numel() == 0:
+            return
+        stuck = is_stuck(f[rows], trace[stuck_iter // 2, rows]).to(torch.bool).reshape(-1)
+        if stuck.shape != rows.shape:
+            raise ValueError(
+                f"is_stuck must return one boolean per sample, shape {tuple(rows.shape)}, got "
+                f"{tuple(stuck.shape)}."
+            )
+        rows = rows[stuck]
+        z[rows], f[rows], g[rows] = start_z[rows], start_f[rows], start_g[rows]
+        pairs.forget(rows)
+        failures[rows] = 0
+        converged[rows] = False
+        restarted[rows] = True
+        damped_until[rows] = stuck_iter + restart_damped_iter
+        iteration_limit[rows] = max_iter + stuck_iter
+        active[rows] = True
 
     active &= max_iter > 0
     start_iteration(every_row[active])
     reported = 0
-    bar = _progress_bar(max_iter, progress, "L-BFGS")
+    bar = _progress_bar(trace.shape[0] - 1, progress, "L-BFGS")
     # Each call evaluates one trial of every running sample, whether it starts an iteration or
     # backtracks: no call waits on the line searches of a few.
     while bool(active.any()):
@@ -331,7 +391,7 @@ def batched_lbfgs(
         guard_ok = torch.isfinite(f_trial) & (f_trial <= _EXPLOSION_FACTOR * (f_now.abs() + 1))
         if line_search == "armijo":
             armijo_ok = f_trial <= f_now + _ARMIJO_C1 * t[rows] * slope[rows]
-            ok = torch.where(iterations[rows] < damped_iter, guard_ok, armijo_ok)
+            ok = torch.where(iterations[rows] < damped_until[rows], guard_ok, armijo_ok)
         else:
             ok = guard_ok
         t[rows] = torch.where(ok, t[rows], 0.5 * t[rows])
@@ -370,6 +430,7 @@ def batched_lbfgs(
         rejected_steps=evaluate.non_finite,
         step_shrink=step_shrink,
         sample_evaluations=evaluate.samples,
+        restarted=restarted,
     )
 
 

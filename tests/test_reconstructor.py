@@ -14,6 +14,7 @@ import torch
 from helpers import TINY, train_tiny_glow
 
 from deepinv_glowprior import Glow, GlowReconstructor, GlowSolution
+from deepinv_glowprior import reconstructor as reconstructor_module
 from deepinv_glowprior.reconstructor import noise_sigma
 
 IMG = TINY["img_size"]
@@ -341,6 +342,44 @@ def test_callback_counts_on_through_the_retry(glow):
     assert all(step[1] == (len(y), N) for step in trace)
     works = [step[2] for step in trace]
     assert works == sorted(works) and works[-1] == solution.sample_evaluations
+
+
+def _count_solves(monkeypatch) -> list:
+    solves = []
+    original = GlowReconstructor._solve_fixed_gamma
+
+    def counted(self, *args, **kwargs):
+        solves.append(args[0].shape[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GlowReconstructor, "_solve_fixed_gamma", counted)
+    return solves
+
+
+def test_stuck_samples_are_retried_early_and_only_once(glow, monkeypatch):
+    """Samples found stuck after a fifth of the iterations restart within the solve and are not
+    retried again at the end; here every sample counts as stuck."""
+    physics, y, _, _ = misfit_case(glow)
+    monkeypatch.setattr(reconstructor_module, "_STUCK_RESIDUAL", 0.0)
+    monkeypatch.setattr(reconstructor_module, "_STUCK_RATIO", 0.0)
+    solves = _count_solves(monkeypatch)
+    solution = GlowReconstructor(glow, max_iter=50, retry_misfit=1e-6).solve(y, physics)
+    assert solves == [len(y)]
+    assert bool(solution.retried.all())
+    assert bool((solution.iterations > 10).all())
+    # Too few iterations for the early test: the misfits are retried at the end instead.
+    solves.clear()
+    short = GlowReconstructor(glow, max_iter=10, retry_misfit=1e-6).solve(y, physics)
+    assert solves == [len(y), len(y)]
+    assert bool(short.retried.all())
+
+
+def test_nothing_retried_without_the_retry(glow, monkeypatch):
+    physics, y, _, _ = misfit_case(glow)
+    monkeypatch.setattr(reconstructor_module, "_STUCK_RESIDUAL", 0.0)
+    monkeypatch.setattr(reconstructor_module, "_STUCK_RATIO", 0.0)
+    solution = GlowReconstructor(glow, max_iter=50, retry_misfit=None).solve(y, physics)
+    assert not bool(solution.retried.any())
 
 
 @pytest.mark.parametrize("value", [0.0, -1.0, math.nan, "3"])

@@ -426,3 +426,86 @@ def test_lbfgs_damped_iterations_ignore_max_step_and_armijo():
 def test_lbfgs_bad_damping(options, match):
     with pytest.raises(ValueError, match=match):
         batched_lbfgs(_sum_of_squares, torch.ones(1, 2), **options)
+
+
+# -- restart of stuck samples ----------------------------------------------------------------
+
+
+def _always(value: bool):
+    return lambda now, earlier: torch.full_like(now, value, dtype=torch.bool)
+
+
+def test_lbfgs_restart_repeats_a_fresh_damped_solve():
+    """A sample sent back after ``stuck_iter`` iterations runs, bit for bit, the damped solve a
+    fresh call would run from z0, and keeps it where it is better than its first attempt."""
+    z0 = torch.tensor([[-1.2, 1.0, -0.5, 0.3], [0.4, -0.8, 1.5, 0.0]], dtype=DOUBLE)
+    options = {"max_iter": 40, "tol": 0.0, "grad_tol": 0.0, "max_step": 0.5}
+    restarted = batched_lbfgs(
+        rosenbrock, z0, stuck_iter=4, is_stuck=_always(True), restart_damped_iter=3, **options
+    )
+    fresh = batched_lbfgs(rosenbrock, z0, damped_iter=3, **options)
+    first_attempt = batched_lbfgs(rosenbrock, z0, **{**options, "max_iter": 4})
+    assert bool(restarted.restarted.all())
+    assert torch.equal(restarted.iterations, fresh.iterations + 4)
+    assert bool((fresh.objective < first_attempt.objective).all())
+    torch.testing.assert_close(restarted.z, fresh.z, atol=0, rtol=0)
+    torch.testing.assert_close(restarted.objective, fresh.objective, atol=0, rtol=0)
+    # The history jumps back to the start's value when the sample restarts.
+    history = torch.stack(restarted.history)
+    torch.testing.assert_close(history[4], first_attempt.history[4], atol=0, rtol=0)
+    torch.testing.assert_close(history[5], fresh.history[1], atol=0, rtol=0)
+
+
+def test_lbfgs_restart_keeps_the_first_attempt_when_better():
+    """A sample restarted with too few iterations left keeps its better first attempt."""
+    z0 = torch.tensor([[-1.2, 1.0, -0.5, 0.3]], dtype=DOUBLE)
+    options = {"max_iter": 12, "tol": 0.0, "grad_tol": 0.0}
+    first_attempt = batched_lbfgs(rosenbrock, z0, **{**options, "max_iter": 10})
+    result = batched_lbfgs(
+        rosenbrock, z0, stuck_iter=10, is_stuck=_always(True), restart_damped_iter=12, **options
+    )
+    assert bool(result.restarted.all())
+    torch.testing.assert_close(result.z, first_attempt.z, atol=0, rtol=0)
+
+
+def test_lbfgs_restart_leaves_the_other_samples_alone():
+    """Only the samples ``is_stuck`` picks restart; the others run as without the test, and the
+    test sees each sample's values after ``stuck_iter`` and ``stuck_iter // 2`` iterations."""
+    z0 = torch.tensor([[-1.2, 1.0, 0.3], [0.4, -0.8, 1.5], [2.0, 2.0, -1.0]], dtype=DOUBLE)
+    options = {"max_iter": 30, "tol": 0.0, "grad_tol": 0.0}
+    plain = batched_lbfgs(rosenbrock, z0, **options)
+    history = torch.stack(plain.history)
+    seen_now, seen_earlier = [], []
+
+    def middle_is_stuck(now: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
+        # Samples reach stuck_iter at their own pace: possibly in separate calls.
+        seen_now.append(now.clone())
+        seen_earlier.append(earlier.clone())
+        return now == history[6, 1]
+
+    result = batched_lbfgs(rosenbrock, z0, stuck_iter=6, is_stuck=middle_is_stuck, **options)
+    assert result.restarted.tolist() == [False, True, False]
+    keep = torch.tensor([True, False, True])
+    torch.testing.assert_close(result.z[keep], plain.z[keep], atol=0, rtol=0)
+    assert torch.equal(result.iterations, torch.tensor([30, 36, 30]))
+    assert sorted(torch.cat(seen_now).tolist()) == sorted(history[6].tolist())
+    assert sorted(torch.cat(seen_earlier).tolist()) == sorted(history[3].tolist())
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"stuck_iter": -1}, ValueError, "stuck_iter"),
+        ({"restart_damped_iter": 1.5}, ValueError, "restart_damped_iter"),
+        ({"stuck_iter": 5, "is_stuck": "yes"}, TypeError, "is_stuck"),
+        ({"stuck_iter": 1, "is_stuck": _always(True)}, ValueError, "stuck_iter >= 2"),
+        (
+            {"stuck_iter": 2, "is_stuck": lambda now, earlier: torch.ones(3, dtype=torch.bool)},
+            ValueError,
+            "one boolean per sample",
+        ),
+    ],
+)
+def test_lbfgs_bad_restart_options(options, error, match):
+    with pytest.raises(error, match=match):
+        batched_lbfgs(rosenbrock, torch.zeros(2, 3), max_iter=5, tol=0.0, **options)
