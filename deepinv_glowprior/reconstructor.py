@@ -48,9 +48,9 @@ _RANGE_MARGIN = 1.0  # G(z) beyond [-margin, 1 + margin] before clamping: y is o
 # this fraction of its iterations (50 of the default 300).
 _RETRY_DAMPED_FRACTION = 1 / 6
 _RETRY_DAMPED_LR = 0.1
-# A sample stuck in a local minimum is sent back to its start early, rather than at the end:
-# after this fraction of the iterations (60 of 300), if its residual is still above
-# _STUCK_RESIDUAL m sigma^2 and fell by less than half over the last half of them.
+# A sample that looks stuck in a local minimum gets its retry early, beside its first attempt,
+# rather than at the end: after this fraction of the iterations (60 of 300), if its residual is
+# still above _STUCK_RESIDUAL m sigma^2 and fell by less than half over the last half of them.
 _STUCK_FRACTION = 1 / 5
 _STUCK_RESIDUAL = 100.0
 _STUCK_RATIO = 0.5
@@ -139,9 +139,10 @@ class GlowReconstructor(Reconstructor):
     A sample whose residual ends far above the noise level (``retry_misfit`` times
     :math:`m\sigma^2`) has not explained :math:`y`; usually a long early step has taken it into a
     local minimum. It is solved once more from its start with short first steps (those of the
-    reference protocol) and keeps the better of the two solutions. A sample plainly stuck early
-    (after a fifth of the iterations, its residual above :math:`100\, m\sigma^2` and fallen by
-    less than half over the last tenth) goes back to its start at once, while the others go on.
+    reference protocol) and keeps the better of the two solutions. A sample that looks stuck
+    early (after a fifth of the iterations, its residual above :math:`100\, m\sigma^2` and
+    fallen by less than half over the last tenth) starts that retry at once, beside its first
+    attempt, which goes on: the same two solves, finished sooner.
 
     Works under ``torch.no_grad()`` callers such as :func:`deepinv.test`.
 
@@ -170,10 +171,10 @@ class GlowReconstructor(Reconstructor):
         solution with the lower objective. Only with L-BFGS, ``gamma=0`` (a larger one holds the
         residual above the noise level by itself), a ``GaussianNoise`` of one level
         :math:`\sigma > 0`, and a physics that acts on each image alone; ``None``: never. A
-        sample stuck after a fifth of the iterations (60 of 300) is retried then rather than at
-        the end (see above; ``stuck_iter`` and ``is_stuck`` of
-        :func:`~deepinv_glowprior.solvers.batched_lbfgs`), with a fifth more iterations; not
-        with ``max_iter < 50``, where a fifth says too little.
+        sample that looks stuck after a fifth of the iterations (60 of 300) starts its retry
+        then, beside its first attempt, rather than at the end (see above; ``stuck_iter`` and
+        ``is_stuck`` of :func:`~deepinv_glowprior.solvers.batched_lbfgs`); not with
+        ``max_iter < 50``, where a fifth says too little.
     :param str optimizer: ``"lbfgs"`` or ``"adam"``.
     :param float lr: initial step (L-BFGS, default 1) or learning rate (Adam, default 0.01).
     :param int max_iter: iterations per solve (default 300 for L-BFGS, 2000 for Adam).
@@ -597,10 +598,8 @@ class GlowReconstructor(Reconstructor):
             return solution
         callback = None
         if self.callback is not None:  # report full-batch latents, counting on from the solve
-            done_iterations, done_evaluations = (
-                int(solution.iterations.max()),
-                (solution.sample_evaluations),
-            )
+            done_iterations = len(solution.history) - 1
+            done_evaluations = solution.sample_evaluations
 
             def callback(iteration: int, rows_z: torch.Tensor, evaluations: int) -> None:
                 self.callback(

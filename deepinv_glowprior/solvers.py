@@ -31,7 +31,7 @@ it is called as ``objective(z, rows)`` with the latents of batch rows ``rows`` o
 StuckTest = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """Called as ``is_stuck(values, earlier_values)`` with the objective values ``(R,)`` of some
 samples after iteration ``stuck_iter`` and after iteration ``stuck_iter // 2``; returns ``(R,)``
-booleans, true for the samples to restart."""
+booleans, true for the samples that get a second attempt."""
 
 IterationCallback = Callable[[int, torch.Tensor, int], None]
 """Called after each iteration as ``callback(iteration, best_z, sample_evaluations)``: the
@@ -53,7 +53,7 @@ class SolverResult:
     :param torch.Tensor iterations: iterations each sample ran, ``(B,)``.
     :param torch.Tensor converged: whether each sample met the stopping rule, ``(B,)``.
     :param list history: objective values ``(B,)`` after each iteration (a sample that stopped
-        keeps its last value).
+        keeps its last value; of the first attempts where L-BFGS made second ones).
     :param int evaluations: batched objective-and-gradient evaluations.
     :param int sample_evaluations: objective-and-gradient evaluations of single samples (with
         ``row_subsets``, samples that have stopped or accepted their step are not evaluated).
@@ -62,8 +62,8 @@ class SolverResult:
         taken were, in halvings (:math:`\log_2` of the ratio) summed over iterations: the
         ``max_step`` cap and line-search halvings of L-BFGS (a failed line search counts in
         full), the learning-rate halvings of Adam. Many per iteration mean ``lr`` is too large.
-    :param torch.Tensor restarted: per sample ``(B,)``, whether L-BFGS restarted it from
-        :math:`z_0` after ``stuck_iter`` iterations (``None`` from Adam).
+    :param torch.Tensor restarted: per sample ``(B,)``, whether L-BFGS gave it a second attempt
+        from :math:`z_0` after ``stuck_iter`` iterations (``None`` from Adam).
     """
 
     z: torch.Tensor
@@ -134,7 +134,7 @@ class _CurvatureMemory:
 
     def __init__(self, size: int, like: torch.Tensor) -> None:
         batch, dim = like.shape
-        self.size = size
+        self.size, self.dim = size, dim
         self.steps = like.new_zeros(size, batch, dim)
         self.grad_changes = like.new_zeros(size, batch, dim)
         self.rho = like.new_zeros(size, batch)
@@ -177,6 +177,17 @@ class _CurvatureMemory:
         self.has_pairs[rows] |= keep
         self.written[rows] += 1
         self.forget(rows[~moved])
+
+    def grow(self, count: int) -> None:
+        """Room for ``count`` more samples, appended to the batch, with no pairs yet."""
+        self.steps = torch.cat([self.steps, self.steps.new_zeros(self.size, count, self.dim)], 1)
+        self.grad_changes = torch.cat(
+            [self.grad_changes, self.grad_changes.new_zeros(self.size, count, self.dim)], 1
+        )
+        self.rho = torch.cat([self.rho, self.rho.new_zeros(self.size, count)], 1)
+        self.written = torch.cat([self.written, self.written.new_zeros(count)])
+        self.initial_scale = torch.cat([self.initial_scale, self.initial_scale.new_ones(count)])
+        self.has_pairs = torch.cat([self.has_pairs, self.has_pairs.new_zeros(count)])
 
     def forget(self, rows: torch.Tensor) -> None:
         """Drop every pair of samples ``rows``: their next direction is the steepest descent."""
@@ -235,12 +246,14 @@ def batched_lbfgs(
     descent path from :math:`z_0` more closely and can avoid a local minimum that long first
     steps run into. The curvature pairs gathered meanwhile are kept.
 
-    With ``is_stuck``, a sample that has run ``stuck_iter`` iterations is tested once:
-    ``is_stuck(f_k, f_{k/2})`` on its objective values after iterations
-    :math:`k` = ``stuck_iter`` and :math:`k/2`. A stuck sample (typically one in a local minimum
-    whose objective has almost stopped falling) starts again from :math:`z_0`, without curvature
-    pairs, with ``restart_damped_iter`` damped iterations, and gets ``stuck_iter`` iterations more;
-    it keeps the better of its two solutions (the best iterate overall).
+    With ``is_stuck`` (and ``row_subsets``), a sample that has run ``stuck_iter`` iterations is
+    tested once: ``is_stuck(f_k, f_{k/2})`` on its objective values after iterations
+    :math:`k` = ``stuck_iter`` and :math:`k/2`. For a stuck sample (typically one in a local
+    minimum whose objective has almost stopped falling) a second attempt starts from
+    :math:`z_0`, without curvature pairs, with ``restart_damped_iter`` damped iterations, as an
+    extra row of the calls, while the first attempt goes on; the sample keeps the better of the
+    two (the best iterate of either). The second attempt counts its iterations on from
+    ``stuck_iter`` (up to ``stuck_iter + max_iter``); ``history`` follows the first.
 
     :param objective: maps ``(B, n)`` latents to ``(B,)`` values; must be differentiable.
     :param torch.Tensor z0: starting latents ``(B, n)``.
@@ -255,8 +268,9 @@ def batched_lbfgs(
     :param int damped_iter: iterations at the short step ``damped_lr`` before the others.
     :param float damped_lr: the step of those iterations.
     :param int stuck_iter: iterations after which ``is_stuck`` is asked.
-    :param StuckTest is_stuck: which samples to restart (see :data:`StuckTest`); ``None``: none.
-    :param int restart_damped_iter: damped iterations at the start of a restart.
+    :param StuckTest is_stuck: which samples get a second attempt (see :data:`StuckTest`);
+        ``None``: none.
+    :param int restart_damped_iter: damped iterations at the start of a second attempt.
     :param bool row_subsets: call ``objective(z, rows)`` on the rows still searching only, so
         samples that stopped or accepted their step cost nothing (``rows`` indexes the batch).
     :param bool progress: show a progress bar.
@@ -287,33 +301,43 @@ def batched_lbfgs(
         raise TypeError(f"is_stuck must be callable or None, got {type(is_stuck).__name__}.")
     if is_stuck is not None and stuck_iter < 2:
         raise ValueError(f"is_stuck needs stuck_iter >= 2, got {stuck_iter}.")
+    if is_stuck is not None and not row_subsets:
+        raise ValueError(
+            "is_stuck needs row_subsets=True: a second attempt is evaluated as an extra row of "
+            "the sample it retries."
+        )
     evaluate = _Evaluator(objective, row_subsets)
     batch = z0.shape[0]
-    z = z0.detach().clone()
+    check_stuck = is_stuck is not None and 0 < stuck_iter < max_iter
+    # Rows 0..B-1 are the samples; a stuck sample's second attempt takes the next free row.
+    rows_total = 2 * batch if check_stuck else batch
+    sample_of = torch.arange(rows_total, device=z0.device) % batch
+    second_row = torch.full((batch,), -1, dtype=torch.long, device=z0.device)
+    next_free = batch
+    z = z0.detach().clone().repeat(rows_total // batch, 1)
     every_row = torch.arange(batch, device=z.device)
-    f, g = evaluate(z, every_row, z)
-    if not bool(torch.isfinite(f).all()):
+    f0, g0 = evaluate(z[:batch], every_row, z[:batch])
+    if not bool(torch.isfinite(f0).all()):
         raise FloatingPointError(
             "The objective is not finite at the starting point; start from z = 0 or a smaller "
             "initialisation."
         )
-    pairs = _CurvatureMemory(memory, z)
-    active = torch.ones(batch, dtype=torch.bool, device=z.device)
-    converged = torch.zeros(batch, dtype=torch.bool, device=z.device)
-    failures = torch.zeros(batch, dtype=torch.long, device=z.device)
-    iterations = torch.zeros(batch, dtype=torch.long, device=z.device)
-    backtracks = torch.zeros(batch, dtype=torch.long, device=z.device)
+    f, g = f0.repeat(rows_total // batch), g0.repeat(rows_total // batch, 1)
+    pairs = _CurvatureMemory(memory, z[:batch])
+    active = torch.zeros(rows_total, dtype=torch.bool, device=z.device)
+    active[:batch] = max_iter > 0
+    converged = torch.zeros_like(active)
+    failures = torch.zeros(rows_total, dtype=torch.long, device=z.device)
+    iterations = torch.zeros_like(failures)
+    backtracks = torch.zeros_like(failures)
     step_shrink = torch.zeros_like(f)
     direction, slope = torch.zeros_like(z), torch.zeros_like(f)
     t, nominal = torch.zeros_like(f), torch.zeros_like(f)
-    # A restarted sample counts its iterations on, so its limits move with it.
+    # A second attempt counts its iterations on from stuck_iter, so its limits move with it.
     damped_until = torch.full_like(iterations, damped_iter)
     iteration_limit = torch.full_like(iterations, max_iter)
-    restarted = torch.zeros(batch, dtype=torch.bool, device=z.device)
-    check_stuck = is_stuck is not None and 0 < stuck_iter < max_iter
-    trace = f.new_empty(max_iter + (stuck_iter if check_stuck else 0) + 1, batch)
+    trace = f.new_empty(max_iter + (stuck_iter if check_stuck else 0) + 1, rows_total)
     trace[0] = f
-    start_z, start_f, start_g = z.clone(), f.clone(), g.clone()
     best_z, best_f = z.clone(), f.clone()
 
     def start_iteration(rows: torch.Tensor) -> None:
@@ -354,11 +378,13 @@ def batched_lbfgs(
         converged[rows] |= done
         active[rows] = ~done & (iterations[rows] < iteration_limit[rows])
         if check_stuck:
-            restart(rows[(iterations[rows] == stuck_iter) & ~restarted[rows]])
+            second_attempts(rows[(rows < batch) & (iterations[rows] == stuck_iter)])
         start_iteration(rows[active[rows]])
 
-    def restart(rows: torch.Tensor) -> None:
-        """Send the samples of ``rows`` that ``is_stuck`` picks back to their start."""
+    def second_attempts(rows: torch.Tensor) -> None:
+        """Start a second attempt, from z0 and damped, for the samples ``rows`` that ``is_stuck``
+        picks; their first attempts go on."""
+        nonlocal next_free
         if rows.numel() == 0:
             return
         stuck = is_stuck(f[rows], trace[stuck_iter // 2, rows]).to(torch.bool).reshape(-1)
@@ -367,26 +393,39 @@ def batched_lbfgs(
                 f"is_stuck must return one boolean per sample, shape {tuple(rows.shape)}, got "
                 f"{tuple(stuck.shape)}."
             )
-        rows = rows[stuck]
-        z[rows], f[rows], g[rows] = start_z[rows], start_f[rows], start_g[rows]
-        pairs.forget(rows)
-        failures[rows] = 0
-        converged[rows] = False
-        restarted[rows] = True
-        damped_until[rows] = stuck_iter + restart_damped_iter
-        iteration_limit[rows] = max_iter + stuck_iter
-        active[rows] = True
+        samples = rows[stuck]
+        new = torch.arange(next_free, next_free + samples.numel(), device=z.device)
+        next_free += samples.numel()
+        sample_of[new], second_row[samples] = samples, new
+        pairs.grow(samples.numel())
+        iterations[new] = stuck_iter
+        trace[stuck_iter, new] = f0[samples]
+        damped_until[new] = stuck_iter + restart_damped_iter
+        iteration_limit[new] = stuck_iter + max_iter
+        active[new] = True
+        start_iteration(new)
 
-    active &= max_iter > 0
-    start_iteration(every_row[active])
+    def best_of_attempts() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per sample, the better attempt's best latents and value, and which rows it has."""
+        z_best, f_best = best_z[:batch].clone(), best_f[:batch].clone()
+        samples = (second_row >= 0).nonzero().squeeze(1)
+        seconds = second_row[samples]
+        better = best_f[seconds] < f_best[samples]
+        z_best[samples[better]], f_best[samples[better]] = (
+            best_z[seconds[better]],
+            best_f[seconds[better]],
+        )
+        return z_best, f_best, samples
+
     reported = 0
+    start_iteration(every_row[active[:batch]])
     bar = _progress_bar(trace.shape[0] - 1, progress, "L-BFGS")
-    # Each call evaluates one trial of every running sample, whether it starts an iteration or
+    # Each call evaluates one trial of every running row, whether it starts an iteration or
     # backtracks: no call waits on the line searches of a few.
     while bool(active.any()):
         rows = active.nonzero().squeeze(1)
         trial = z[rows] + t[rows, None] * direction[rows]
-        f_trial, g_trial = evaluate(trial, rows, z)
+        f_trial, g_trial = evaluate(trial, sample_of[rows], z[:batch])
         f_now = f[rows]
         guard_ok = torch.isfinite(f_trial) & (f_trial <= _EXPLOSION_FACTOR * (f_now.abs() + 1))
         if line_search == "armijo":
@@ -406,29 +445,42 @@ def batched_lbfgs(
             torch.where(moved, f_trial[finished], f[finish_rows]),
             torch.where(moved[:, None], g_trial[finished], g[finish_rows]),
         )
-        # Iteration k is complete once every sample still running has finished it.
+        # Iteration k is complete once every row still running has finished it.
         complete = int(iterations[active].min()) if bool(active.any()) else int(iterations.max())
         for iteration in range(reported + 1, complete + 1):
             if callback is not None:
-                callback(iteration, best_z, evaluate.samples)
+                callback(iteration, best_of_attempts()[0], evaluate.samples)
             bar.update(1)
         reported = max(reported, complete)
-        bar.set_postfix(active=int(active.sum()), objective=f"{float(f.mean()):.4g}")
+        bar.set_postfix(active=int(active.sum()), objective=f"{float(f[:batch].mean()):.4g}")
     bar.close()
+    z_best, f_best, retried = best_of_attempts()
+    seconds = second_row[retried]
+    # A sample's iterations and step shrink add up over its attempts.
+    total_iterations = iterations[:batch].clone()
+    total_iterations[retried] += iterations[seconds] - stuck_iter
+    total_shrink = step_shrink[:batch].clone()
+    total_shrink[retried] += step_shrink[seconds]
+    total_converged = converged[:batch].clone()
+    total_converged[retried] |= converged[seconds]
+    restarted = torch.zeros(batch, dtype=torch.bool, device=z.device)
+    restarted[retried] = True
+    # The history follows the first attempts, as long as any row ran; a sample that stopped
+    # keeps its final value.
+    first_iterations = iterations[:batch]
     last = int(iterations.max())
     steps_taken = torch.arange(last + 1, device=z.device)[:, None]
-    # A sample that stopped keeps its final value in the later entries of the history.
-    final_values = trace[iterations, every_row]
-    history = torch.where(steps_taken <= iterations, trace[: last + 1], final_values)
+    final_values = trace[first_iterations, every_row]
+    history = torch.where(steps_taken <= first_iterations, trace[: last + 1, :batch], final_values)
     return SolverResult(
-        z=best_z,
-        objective=best_f,
-        iterations=iterations,
-        converged=converged,
+        z=z_best,
+        objective=f_best,
+        iterations=total_iterations,
+        converged=total_converged,
         history=list(history.clone()),
         evaluations=evaluate.count,
         rejected_steps=evaluate.non_finite,
-        step_shrink=step_shrink,
+        step_shrink=total_shrink,
         sample_evaluations=evaluate.samples,
         restarted=restarted,
     )

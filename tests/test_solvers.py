@@ -428,52 +428,62 @@ def test_lbfgs_bad_damping(options, match):
         batched_lbfgs(_sum_of_squares, torch.ones(1, 2), **options)
 
 
-# -- restart of stuck samples ----------------------------------------------------------------
+# -- second attempts for stuck samples ---------------------------------------------------------
 
 
 def _always(value: bool):
     return lambda now, earlier: torch.full_like(now, value, dtype=torch.bool)
 
 
-def test_lbfgs_restart_repeats_a_fresh_damped_solve():
-    """A sample sent back after ``stuck_iter`` iterations runs, bit for bit, the damped solve a
-    fresh call would run from z0, and keeps it where it is better than its first attempt."""
-    z0 = torch.tensor([[-1.2, 1.0, -0.5, 0.3], [0.4, -0.8, 1.5, 0.0]], dtype=DOUBLE)
-    options = {"max_iter": 40, "tol": 0.0, "grad_tol": 0.0, "max_step": 0.5}
-    restarted = batched_lbfgs(
-        rosenbrock, z0, stuck_iter=4, is_stuck=_always(True), restart_damped_iter=3, **options
+SHIFTS = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.3, -0.2, 0.1, 0.5]], dtype=DOUBLE)
+
+
+def shifted_rosenbrock(z: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """A different Rosenbrock problem per sample (row ``i`` shifted by ``SHIFTS[i]``)."""
+    return rosenbrock(z - SHIFTS[slice(None) if rows is None else rows])
+
+
+def test_lbfgs_second_attempt_is_a_fresh_damped_solve_beside_the_first():
+    """A stuck sample's second attempt runs, bit for bit, the damped solve a fresh call would run
+    from z0, while its first attempt goes on as if alone; the better of the two is kept."""
+    z0 = torch.tensor([[-1.1, -0.6, -0.9, 0.3], [-1.3, 1.7, -1.6, 0.2]], dtype=DOUBLE)
+    options = {"max_iter": 40, "tol": 0.0, "grad_tol": 0.0, "max_step": 0.5, "row_subsets": True}
+    both = batched_lbfgs(
+        shifted_rosenbrock,
+        z0,
+        stuck_iter=4,
+        is_stuck=_always(True),
+        restart_damped_iter=3,
+        **options,
     )
-    fresh = batched_lbfgs(rosenbrock, z0, damped_iter=3, **options)
-    first_attempt = batched_lbfgs(rosenbrock, z0, **{**options, "max_iter": 4})
-    assert bool(restarted.restarted.all())
-    assert torch.equal(restarted.iterations, fresh.iterations + 4)
-    assert bool((fresh.objective < first_attempt.objective).all())
-    torch.testing.assert_close(restarted.z, fresh.z, atol=0, rtol=0)
-    torch.testing.assert_close(restarted.objective, fresh.objective, atol=0, rtol=0)
-    # The history jumps back to the start's value when the sample restarts.
-    history = torch.stack(restarted.history)
-    torch.testing.assert_close(history[4], first_attempt.history[4], atol=0, rtol=0)
-    torch.testing.assert_close(history[5], fresh.history[1], atol=0, rtol=0)
-
-
-def test_lbfgs_restart_keeps_the_first_attempt_when_better():
-    """A sample restarted with too few iterations left keeps its better first attempt."""
-    z0 = torch.tensor([[-1.2, 1.0, -0.5, 0.3]], dtype=DOUBLE)
-    options = {"max_iter": 12, "tol": 0.0, "grad_tol": 0.0}
-    first_attempt = batched_lbfgs(rosenbrock, z0, **{**options, "max_iter": 10})
-    result = batched_lbfgs(
-        rosenbrock, z0, stuck_iter=10, is_stuck=_always(True), restart_damped_iter=12, **options
+    first = batched_lbfgs(shifted_rosenbrock, z0, **options)
+    second = batched_lbfgs(shifted_rosenbrock, z0, damped_iter=3, **options)
+    assert both.restarted.tolist() == [True, True]
+    assert torch.equal(both.iterations, first.iterations + second.iterations)
+    # The two attempts win one sample each here, so both halves of the choice are exercised.
+    second_wins = second.objective < first.objective
+    assert second_wins.tolist() == [True, False], (first.objective, second.objective)
+    expected = torch.where(second_wins[:, None], second.z, first.z)
+    torch.testing.assert_close(both.z, expected, atol=0, rtol=0)
+    torch.testing.assert_close(
+        both.objective, torch.minimum(first.objective, second.objective), atol=0, rtol=0
     )
-    assert bool(result.restarted.all())
-    torch.testing.assert_close(result.z, first_attempt.z, atol=0, rtol=0)
+    # The history is the first attempt's, kept at its last value while the second runs on.
+    history, first_history = torch.stack(both.history), torch.stack(first.history)
+    # The second attempt counts its iterations on from stuck_iter = 4.
+    assert len(history) == 1 + int(torch.maximum(first.iterations, 4 + second.iterations).max())
+    torch.testing.assert_close(history[: len(first_history)], first_history, atol=0, rtol=0)
+    assert bool((history[len(first_history) :] == first_history[-1]).all())
+    assert both.sample_evaluations == first.sample_evaluations + second.sample_evaluations - 2
 
 
-def test_lbfgs_restart_leaves_the_other_samples_alone():
-    """Only the samples ``is_stuck`` picks restart; the others run as without the test, and the
-    test sees each sample's values after ``stuck_iter`` and ``stuck_iter // 2`` iterations."""
+def test_lbfgs_second_attempt_only_where_is_stuck_says():
+    """Only the samples ``is_stuck`` picks get a second attempt; it sees each sample's values
+    after ``stuck_iter`` and ``stuck_iter // 2`` iterations, and the others run as without it."""
     z0 = torch.tensor([[-1.2, 1.0, 0.3], [0.4, -0.8, 1.5], [2.0, 2.0, -1.0]], dtype=DOUBLE)
-    options = {"max_iter": 30, "tol": 0.0, "grad_tol": 0.0}
-    plain = batched_lbfgs(rosenbrock, z0, **options)
+    options = {"max_iter": 30, "tol": 0.0, "grad_tol": 0.0, "row_subsets": True}
+    objective = lambda z, rows: rosenbrock(z)  # noqa: E731
+    plain = batched_lbfgs(objective, z0, **options)
     history = torch.stack(plain.history)
     seen_now, seen_earlier = [], []
 
@@ -483,13 +493,36 @@ def test_lbfgs_restart_leaves_the_other_samples_alone():
         seen_earlier.append(earlier.clone())
         return now == history[6, 1]
 
-    result = batched_lbfgs(rosenbrock, z0, stuck_iter=6, is_stuck=middle_is_stuck, **options)
+    result = batched_lbfgs(objective, z0, stuck_iter=6, is_stuck=middle_is_stuck, **options)
     assert result.restarted.tolist() == [False, True, False]
     keep = torch.tensor([True, False, True])
     torch.testing.assert_close(result.z[keep], plain.z[keep], atol=0, rtol=0)
-    assert torch.equal(result.iterations, torch.tensor([30, 36, 30]))
+    assert bool(result.objective[1] <= plain.objective[1])
+    assert result.iterations.tolist()[0::2] == plain.iterations.tolist()[0::2]
+    assert int(result.iterations[1]) > int(plain.iterations[1])
     assert sorted(torch.cat(seen_now).tolist()) == sorted(history[6].tolist())
     assert sorted(torch.cat(seen_earlier).tolist()) == sorted(history[3].tolist())
+
+
+def test_lbfgs_second_attempts_reach_the_callback():
+    """The callback's latents are the better attempt's, and its iterations count on."""
+    z0 = torch.tensor([[-1.2, 1.0, -0.5, 0.3], [0.4, -0.8, 1.5, 0.0]], dtype=DOUBLE)
+    trace = []
+    result = batched_lbfgs(
+        shifted_rosenbrock,
+        z0,
+        max_iter=20,
+        tol=0.0,
+        grad_tol=0.0,
+        row_subsets=True,
+        stuck_iter=4,
+        is_stuck=_always(True),
+        callback=lambda it, z, work: trace.append((it, z.clone(), work)),
+    )
+    assert [step[0] for step in trace] == list(range(1, len(trace) + 1))
+    assert len(trace) > 20
+    torch.testing.assert_close(trace[-1][1], result.z, atol=0, rtol=0)
+    assert trace[-1][2] == result.sample_evaluations
 
 
 @pytest.mark.parametrize(
@@ -500,12 +533,20 @@ def test_lbfgs_restart_leaves_the_other_samples_alone():
         ({"stuck_iter": 5, "is_stuck": "yes"}, TypeError, "is_stuck"),
         ({"stuck_iter": 1, "is_stuck": _always(True)}, ValueError, "stuck_iter >= 2"),
         (
+            {"stuck_iter": 2, "is_stuck": _always(True), "row_subsets": False},
+            ValueError,
+            "row_subsets=True",
+        ),
+        (
             {"stuck_iter": 2, "is_stuck": lambda now, earlier: torch.ones(3, dtype=torch.bool)},
             ValueError,
             "one boolean per sample",
         ),
     ],
 )
-def test_lbfgs_bad_restart_options(options, error, match):
+def test_lbfgs_bad_second_attempt_options(options, error, match):
+    options = {"row_subsets": True, **options}
     with pytest.raises(error, match=match):
-        batched_lbfgs(rosenbrock, torch.zeros(2, 3), max_iter=5, tol=0.0, **options)
+        batched_lbfgs(
+            lambda z, rows=None: rosenbrock(z), torch.zeros(2, 3), max_iter=5, tol=0.0, **options
+        )
