@@ -374,6 +374,23 @@ def test_stuck_samples_are_retried_early_and_only_once(glow, monkeypatch):
     assert bool(short.retried.all())
 
 
+def test_early_retries_keep_batch_invariance(glow, monkeypatch):
+    """A second attempt runs as an extra row of the batched calls; each sample's result is
+    still what it gets alone. Half the samples count as stuck here (those whose residual after
+    10 iterations is above the median)."""
+    physics = compressed_sensing(40, 0.01)
+    y = physics(in_distribution(glow, 6, seed=21))
+    at_check = GlowReconstructor(glow, max_iter=10, retry_misfit=None).solve(y, physics).residual
+    threshold = float(at_check.median())
+    noise_energy = y[0].numel() * 0.01**2
+    monkeypatch.setattr(reconstructor_module, "_STUCK_RESIDUAL", threshold / noise_energy)
+    monkeypatch.setattr(reconstructor_module, "_STUCK_RATIO", 0.0)
+    model = GlowReconstructor(glow, max_iter=50, retry_misfit=1e6)
+    together = model.solve(y, physics)
+    assert together.retried.tolist() == (at_check > threshold).tolist()
+    assert_alone_as_in_batch(model, y, physics, (int(at_check.argmax()), int(at_check.argmin())))
+
+
 def test_nothing_retried_without_the_retry(glow, monkeypatch):
     physics, y, _, _ = misfit_case(glow)
     monkeypatch.setattr(reconstructor_module, "_STUCK_RESIDUAL", 0.0)
