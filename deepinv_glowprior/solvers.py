@@ -314,16 +314,19 @@ def batched_lbfgs(
     sample_of = torch.arange(rows_total, device=z0.device) % batch
     second_row = torch.full((batch,), -1, dtype=torch.long, device=z0.device)
     next_free = batch
-    z = z0.detach().clone().repeat(rows_total // batch, 1)
-    every_row = torch.arange(batch, device=z.device)
-    f0, g0 = evaluate(z[:batch], every_row, z[:batch])
+    start = z0.detach().clone()
+    every_row = torch.arange(batch, device=start.device)
+    f0, g0 = evaluate(start, every_row, start)
     if not bool(torch.isfinite(f0).all()):
         raise FloatingPointError(
             "The objective is not finite at the starting point; start from z = 0 or a smaller "
             "initialisation."
         )
-    f, g = f0.repeat(rows_total // batch), g0.repeat(rows_total // batch, 1)
-    pairs = _CurvatureMemory(memory, z[:batch])
+    # The rows of second attempts are filled in when they start.
+    z = torch.cat([start, start.new_zeros(rows_total - batch, start.shape[1])])
+    f = torch.cat([f0, f0.new_zeros(rows_total - batch)])
+    g = torch.cat([g0, g0.new_zeros(rows_total - batch, g0.shape[1])])
+    pairs = _CurvatureMemory(memory, start)
     active = torch.zeros(rows_total, dtype=torch.bool, device=z.device)
     active[:batch] = max_iter > 0
     converged = torch.zeros_like(active)
@@ -397,6 +400,8 @@ def batched_lbfgs(
         new = torch.arange(next_free, next_free + samples.numel(), device=z.device)
         next_free += samples.numel()
         sample_of[new], second_row[samples] = samples, new
+        z[new], f[new], g[new] = start[samples], f0[samples], g0[samples]
+        best_z[new], best_f[new] = start[samples], f0[samples]
         pairs.grow(samples.numel())
         iterations[new] = stuck_iter
         trace[stuck_iter, new] = f0[samples]

@@ -477,6 +477,27 @@ def test_lbfgs_second_attempt_is_a_fresh_damped_solve_beside_the_first():
     assert both.sample_evaluations == first.sample_evaluations + second.sample_evaluations - 2
 
 
+def test_lbfgs_second_attempt_starts_from_its_own_sample():
+    """Only the second sample is stuck: its second attempt (the batch's third row) starts from
+    that sample's z0, value and gradient, and wins here."""
+    z0 = torch.tensor([[1.0, 0.4, 0.1, 0.9], [-0.7, -0.2, -2.3, 0.6]], dtype=DOUBLE)
+    options = {"max_iter": 40, "tol": 0.0, "grad_tol": 0.0, "max_step": 0.5, "row_subsets": True}
+    first = batched_lbfgs(shifted_rosenbrock, z0, **options)
+    second = batched_lbfgs(shifted_rosenbrock, z0, damped_iter=3, **options)
+    both = batched_lbfgs(
+        shifted_rosenbrock,
+        z0,
+        stuck_iter=4,
+        is_stuck=lambda now, earlier: now == first.history[4][1],
+        restart_damped_iter=3,
+        **options,
+    )
+    assert both.restarted.tolist() == [False, True]
+    assert float(second.objective[1]) < float(first.objective[1])
+    torch.testing.assert_close(both.z[0], first.z[0], atol=0, rtol=0)
+    torch.testing.assert_close(both.z[1], second.z[1], atol=0, rtol=0)
+
+
 def test_lbfgs_second_attempt_only_where_is_stuck_says():
     """Only the samples ``is_stuck`` picks get a second attempt; it sees each sample's values
     after ``stuck_iter`` and ``stuck_iter // 2`` iterations, and the others run as without it."""
@@ -497,7 +518,10 @@ def test_lbfgs_second_attempt_only_where_is_stuck_says():
     assert result.restarted.tolist() == [False, True, False]
     keep = torch.tensor([True, False, True])
     torch.testing.assert_close(result.z[keep], plain.z[keep], atol=0, rtol=0)
-    assert bool(result.objective[1] <= plain.objective[1])
+    # The middle sample's second attempt (in the row after the samples') starts from its own z0.
+    second = batched_lbfgs(objective, z0[1:2], damped_iter=0, **options)
+    best = min(float(plain.objective[1]), float(second.objective[0]))
+    assert float(result.objective[1]) == best
     assert result.iterations.tolist()[0::2] == plain.iterations.tolist()[0::2]
     assert int(result.iterations[1]) > int(plain.iterations[1])
     assert sorted(torch.cat(seen_now).tolist()) == sorted(history[6].tolist())
