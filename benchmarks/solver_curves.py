@@ -4,10 +4,11 @@ For each task of ``solver_speed.py``, the guarded reference protocol
 (:meth:`GlowReconstructor.from_preset` ``"paper"``) and our solver (:class:`GlowReconstructor`
 defaults; ``--ours-iter`` sets its ``max_iter``, 300 by default as in the class) solve the same
 MNIST test digits. A callback decodes the best latents every ``--every`` iterations and records
-the mean PSNR against the Glow passes (forward and backward of one image) spent so far; during
-our retry of misfit samples (``retry_misfit``) those samples show the retry's latents, so the
-curve can dip before the better solution is kept at the end. The decodes of the trace are not
-counted as work.
+the mean PSNR against the Glow passes (forward and backward of one image) spent so far. A
+sample retried early (``retry_misfit``: found stuck, retried beside its first attempt) shows the
+better of its two attempts; during the retry at the end, the retried samples show the retry's
+latents, so the curve can dip before the better solution is kept. The decodes of the trace are
+not counted as work.
 
 For each task it prints and writes (``{out}_summary.csv``):
 
@@ -60,9 +61,11 @@ def trace_solver(model, y, physics, x, every: int) -> list[tuple]:
     psnr = dinv.metric.PSNR()
     trace = []
     tracing_seconds = 0.0
+    last = 0
 
     def record(iteration: int, best_z: torch.Tensor, sample_evaluations: int) -> None:
-        nonlocal tracing_seconds
+        nonlocal tracing_seconds, last
+        last = iteration
         if iteration % every == 0:
             entered = time.perf_counter()
             solving = entered - start - tracing_seconds
@@ -79,7 +82,6 @@ def trace_solver(model, y, physics, x, every: int) -> list[tuple]:
     solving = time.perf_counter() - start - tracing_seconds
     # The end is what the solve returns, which after a retry of misfit samples need not be the
     # latents the callback saw last.
-    last = int(solution.iterations.max())
     if trace and trace[-1][0] == last:
         trace.pop()
     values = psnr(solution.x.nan_to_num(0.0).clamp(0, 1), x)

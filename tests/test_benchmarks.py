@@ -137,7 +137,8 @@ def test_mean_spearman_skips_constant_maps_and_respects_the_mask():
 
 
 def test_trace_ends_with_what_the_solve_returns():
-    """After a retry of misfit samples the solve may keep latents the callback did not see last."""
+    """After a retry of misfit samples the solve may keep latents the callback did not see last;
+    the end takes the place of the callback's last iteration."""
     from types import SimpleNamespace
 
     class Model:
@@ -148,7 +149,8 @@ def test_trace_ends_with_what_the_solve_returns():
             self.callback(5, torch.zeros(2, 4), 16)  # a retry's latents, not the ones kept
             return SimpleNamespace(
                 x=torch.full((2, 1, 2, 2), 0.5),
-                iterations=torch.tensor([5, 3]),
+                # Both attempts of a sample retried early count: more than the callback saw.
+                iterations=torch.tensor([9, 3]),
                 sample_evaluations=20,
             )
 
