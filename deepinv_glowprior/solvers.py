@@ -50,7 +50,8 @@ class SolverResult:
 
     :param torch.Tensor z: best latents found, ``(B, n)``.
     :param torch.Tensor objective: their objective values, ``(B,)``.
-    :param torch.Tensor iterations: iterations each sample ran, ``(B,)``.
+    :param torch.Tensor iterations: iterations each sample ran, ``(B,)`` (both attempts of a
+        sample that L-BFGS gave a second one).
     :param torch.Tensor converged: whether each sample met the stopping rule, ``(B,)``.
     :param list history: objective values ``(B,)`` after each iteration (a sample that stopped
         keeps its last value; of the first attempts where L-BFGS made second ones).
