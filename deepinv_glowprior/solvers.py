@@ -82,13 +82,17 @@ class SolverResult:
 class _Evaluator:
     """Objective values and gradients of some rows of the batch, non-finite values as ``+inf``.
 
-    With ``row_subsets`` only those rows are computed; otherwise the whole batch is, with the
-    other rows at ``base`` (their current iterate).
+    With ``row_subsets`` only those rows are computed, at most ``max_rows`` per call of the
+    objective (and per autograd graph, which bounds the memory a call holds); otherwise the whole
+    batch is, with the other rows at ``base`` (their current iterate).
     """
 
-    def __init__(self, objective: BatchObjective, row_subsets: bool) -> None:
+    def __init__(
+        self, objective: BatchObjective, row_subsets: bool, max_rows: int | None = None
+    ) -> None:
         self.objective = objective
         self.row_subsets = row_subsets
+        self.max_rows = max_rows
         self.count = 0
         self.samples = 0
         self.non_finite = 0
@@ -97,7 +101,13 @@ class _Evaluator:
         self, z: torch.Tensor, rows: torch.Tensor, base: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.row_subsets:
-            values, grad = self._evaluate(z, rows)
+            size = self.max_rows or z.shape[0]
+            pieces = [
+                self._evaluate(z[start : start + size], rows[start : start + size])
+                for start in range(0, z.shape[0], size)
+            ]
+            values = torch.cat([piece[0] for piece in pieces])
+            grad = torch.cat([piece[1] for piece in pieces])
         else:
             full = base.detach().clone()
             full[rows] = z
@@ -307,8 +317,9 @@ def batched_lbfgs(
             "is_stuck needs row_subsets=True: a second attempt is evaluated as an extra row of "
             "the sample it retries."
         )
-    evaluate = _Evaluator(objective, row_subsets)
     batch = z0.shape[0]
+    # Second attempts add rows; a call holds no more rows than the batch, so no more memory.
+    evaluate = _Evaluator(objective, row_subsets, max_rows=batch)
     check_stuck = is_stuck is not None and 0 < stuck_iter < max_iter
     # Rows 0..B-1 are the samples; a stuck sample's second attempt takes the next free row.
     rows_total = 2 * batch if check_stuck else batch

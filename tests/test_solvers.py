@@ -528,6 +528,23 @@ def test_lbfgs_second_attempt_only_where_is_stuck_says():
     assert sorted(torch.cat(seen_earlier).tolist()) == sorted(history[3].tolist())
 
 
+def test_lbfgs_second_attempts_never_make_a_call_larger_than_the_batch():
+    """Extra rows are evaluated in further calls, so a call holds no more memory than without
+    second attempts."""
+    z0 = torch.tensor([[-1.1, -0.6, -0.9, 0.3], [-1.3, 1.7, -1.6, 0.2]], dtype=DOUBLE)
+    sizes = []
+
+    def objective(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(rows))
+        return shifted_rosenbrock(z, rows)
+
+    options = {"max_iter": 20, "tol": 0.0, "grad_tol": 0.0, "row_subsets": True}
+    result = batched_lbfgs(objective, z0, stuck_iter=4, is_stuck=_always(True), **options)
+    assert max(sizes) == 2
+    assert result.evaluations == len(sizes) > result.sample_evaluations / 2
+    assert result.sample_evaluations == sum(sizes)
+
+
 def test_lbfgs_second_attempts_reach_the_callback():
     """The callback's latents are the better attempt's, and its iterations count on."""
     z0 = torch.tensor([[-1.2, 1.0, -0.5, 0.3], [0.4, -0.8, 1.5, 0.0]], dtype=DOUBLE)
