@@ -82,9 +82,9 @@ class SolverResult:
 class _Evaluator:
     """Objective values and gradients of some rows of the batch, non-finite values as ``+inf``.
 
-    With ``row_subsets`` only those rows are computed, at most ``max_rows`` per call of the
-    objective (and per autograd graph, which bounds the memory a call holds); otherwise the whole
-    batch is, with the other rows at ``base`` (their current iterate).
+    With ``row_subsets`` only those rows are computed, in as few calls of the objective as hold
+    at most ``max_rows`` rows each, of equal sizes (a call's autograd graph is what holds memory);
+    otherwise the whole batch is, with the other rows at ``base`` (their current iterate).
     """
 
     def __init__(
@@ -101,7 +101,9 @@ class _Evaluator:
         self, z: torch.Tensor, rows: torch.Tensor, base: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.row_subsets:
-            size = self.max_rows or z.shape[0]
+            # Equal pieces: e.g. 37 rows with max_rows 32 go as 19 and 18, holding less than 32.
+            count = -(-z.shape[0] // (self.max_rows or z.shape[0]))
+            size = -(-z.shape[0] // count)
             pieces = [
                 self._evaluate(z[start : start + size], rows[start : start + size])
                 for start in range(0, z.shape[0], size)

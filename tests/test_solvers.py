@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from deepinv_glowprior.solvers import SolverResult, batched_adam, batched_lbfgs
+from deepinv_glowprior.solvers import SolverResult, _Evaluator, batched_adam, batched_lbfgs
 
 DOUBLE = torch.float64
 
@@ -543,6 +543,25 @@ def test_lbfgs_second_attempts_never_make_a_call_larger_than_the_batch():
     assert max(sizes) == 2
     assert result.evaluations == len(sizes) > result.sample_evaluations / 2
     assert result.sample_evaluations == sum(sizes)
+
+
+@pytest.mark.parametrize(("rows", "expected"), [(5, [3, 2]), (4, [4]), (9, [3, 3, 3])])
+def test_evaluator_splits_rows_into_equal_calls(rows, expected):
+    """More rows than max_rows go as the fewest calls of equal size (37 rows of a 32-sample
+    batch as 19 and 18, not 32 and 5: a smaller graph at a time)."""
+    sizes = []
+
+    def objective(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(rows))
+        return (z**2).sum(dim=1) + rows
+
+    evaluate = _Evaluator(objective, row_subsets=True, max_rows=4)
+    z = torch.arange(rows * 2, dtype=DOUBLE).reshape(rows, 2)
+    values, grad = evaluate(z, torch.arange(rows), z)
+    assert sizes == expected
+    torch.testing.assert_close(values, (z**2).sum(dim=1) + torch.arange(rows))
+    torch.testing.assert_close(grad, 2 * z)
+    assert (evaluate.count, evaluate.samples) == (len(expected), rows)
 
 
 def test_lbfgs_second_attempts_reach_the_callback():
