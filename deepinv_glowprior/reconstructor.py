@@ -486,7 +486,7 @@ class GlowReconstructor(Reconstructor):
             damped_iter=damped_iter,
             damped_lr=_RETRY_DAMPED_LR,
             stuck_iter=self._stuck_iter,
-            is_stuck=is_stuck if self._stuck_iter >= _STUCK_MIN_ITER else None,
+            is_stuck=is_stuck,
             restart_damped_iter=self._retry_damped_iter,
             row_subsets=self._row_subsets,
             progress=self.progress,
@@ -535,13 +535,14 @@ class GlowReconstructor(Reconstructor):
         if self.gamma == "auto":
             return self._solve_discrepancy(y, physics)
         gamma = torch.full((y.shape[0],), float(self.gamma), device=y.device, dtype=y.dtype)
-        misfit_residual = self._misfit_residual(y, physics, gamma)
+        noise_energy = self._retry_noise_energy(y, physics, gamma)
         is_stuck = None
-        if misfit_residual is not None:
-            stuck_residual = misfit_residual / self.retry_misfit * _STUCK_RESIDUAL
+        if noise_energy is not None and self._stuck_iter >= _STUCK_MIN_ITER:
 
             def is_stuck(residual: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
-                return (residual > stuck_residual) & (residual > _STUCK_RATIO * earlier)
+                return (residual > _STUCK_RESIDUAL * noise_energy) & (
+                    residual > _STUCK_RATIO * earlier
+                )
 
         best: GlowSolution | None = None
         stuck = torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
@@ -552,8 +553,8 @@ class GlowReconstructor(Reconstructor):
             no_decrease = start - solution.objective <= _NO_PROGRESS_RTOL * start.abs()
             stuck &= no_decrease & (start > 0)  # a start with objective 0 is already optimal
             best = solution if best is None else _keep_better(best, solution)
-        if misfit_residual is not None:
-            best = self._retry_misfits(y, physics, gamma, best, misfit_residual)
+        if noise_energy is not None:
+            best = self._retry_misfits(y, physics, gamma, best, noise_energy)
         self._diagnose(best, stuck)
         return best
 
@@ -565,9 +566,9 @@ class GlowReconstructor(Reconstructor):
     def _retry_damped_iter(self) -> int:
         return round(self.max_iter * _RETRY_DAMPED_FRACTION)
 
-    def _misfit_residual(self, y: torch.Tensor, physics, gamma: torch.Tensor) -> float | None:
-        """The residual above which a sample is retried (``retry_misfit``), or ``None`` where
-        retries do not apply."""
+    def _retry_noise_energy(self, y: torch.Tensor, physics, gamma: torch.Tensor) -> float | None:
+        r""":math:`m\sigma^2`, the unit of the retry's thresholds, or ``None`` where retries
+        (``retry_misfit``) do not apply."""
         # With gamma > 0 the regulariser itself holds the residual above the noise level.
         if (
             self.retry_misfit is None
@@ -580,7 +581,7 @@ class GlowReconstructor(Reconstructor):
             sigma = noise_sigma(physics)
         except ValueError:  # no single known Gaussian noise level: no misfit threshold
             return None
-        return self.retry_misfit * y[0].numel() * sigma**2
+        return y[0].numel() * sigma**2
 
     def _retry_misfits(
         self,
@@ -588,11 +589,11 @@ class GlowReconstructor(Reconstructor):
         physics,
         gamma: torch.Tensor,
         solution: GlowSolution,
-        misfit_residual: float,
+        noise_energy: float,
     ) -> GlowSolution:
         """Solve the samples whose residual is far above the noise level again, damped at first
         (those retried early already had theirs)."""
-        misfit = (solution.residual > misfit_residual) & ~solution.retried
+        misfit = (solution.residual > self.retry_misfit * noise_energy) & ~solution.retried
         rows = misfit.nonzero().squeeze(1)
         if rows.numel() == 0:
             return solution
@@ -617,8 +618,9 @@ class GlowReconstructor(Reconstructor):
             damped_iter=self._retry_damped_iter,
             callback=callback,
         )
-        retry.retried[:] = True
-        return _keep_better_rows(solution, retry, rows)
+        kept = _keep_better_rows(solution, retry, rows)
+        kept.retried = solution.retried | misfit
+        return kept
 
     def _solve_fixed_gamma(
         self,
@@ -787,17 +789,8 @@ def _keep_better_rows(
         sample_evaluations=current.sample_evaluations + candidate.sample_evaluations,
         rejected_steps=current.rejected_steps + candidate.rejected_steps,
         step_shrink=step_shrink,
-        retried=_union_rows(current.retried, candidate.retried, rows),
+        retried=current.retried,
     )
-
-
-def _union_rows(
-    whole: torch.Tensor | None, part: torch.Tensor | None, rows: torch.Tensor
-) -> torch.Tensor | None:
-    """``whole`` with ``part`` (the flags of its samples ``rows``) or-ed in."""
-    if whole is None or part is None:
-        return whole
-    return whole.index_copy(0, rows, whole[rows] | part)
 
 
 def _take(current: GlowSolution, candidate: GlowSolution, mask: torch.Tensor) -> GlowSolution:

@@ -189,7 +189,10 @@ class _CurvatureMemory:
         self.initial_scale[rows] = torch.where(keep, scale, self.initial_scale[rows])
         self.has_pairs[rows] |= keep
         self.written[rows] += 1
-        self.forget(rows[~moved])
+        forget = rows[~moved]
+        self.rho[:, forget] = 0.0
+        self.has_pairs[forget] = False
+        self.initial_scale[forget] = 1.0
 
     def grow(self, count: int) -> None:
         """Room for ``count`` more samples, appended to the batch, with no pairs yet."""
@@ -201,12 +204,6 @@ class _CurvatureMemory:
         self.written = torch.cat([self.written, self.written.new_zeros(count)])
         self.initial_scale = torch.cat([self.initial_scale, self.initial_scale.new_ones(count)])
         self.has_pairs = torch.cat([self.has_pairs, self.has_pairs.new_zeros(count)])
-
-    def forget(self, rows: torch.Tensor) -> None:
-        """Drop every pair of samples ``rows``: their next direction is the steepest descent."""
-        self.rho[:, rows] = 0.0
-        self.has_pairs[rows] = False
-        self.initial_scale[rows] = 1.0
 
 
 def _progress_bar(max_iter: int, progress: bool, desc: str):
