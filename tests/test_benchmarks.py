@@ -81,6 +81,26 @@ def test_bootstrap_interval_collapses_for_identical_digits_and_spans_different_o
     assert solver_curves.bootstrap_ratio(reference, never, 50) == (float("inf"), float("inf"))
 
 
+def test_slowest_digits_bound_counts_the_furthest_behind_as_done():
+    # Ten digits: one lags far behind until the end, the others reach the bar at 120 passes.
+    reference = [(600, 600.0, 30.0, [30.0] * 10)]
+    ours = [
+        (5, 60.0, 26.0, [28.0] * 9 + [8.0]),
+        (10, 120.0, 28.0, [30.0] * 9 + [10.0]),
+        (15, 180.0, 30.0, [30.0] * 10),
+    ]
+    assert solver_curves.summarise("cs0.1", reference, ours)["work_ratio_at_equal_psnr"] == 0.3
+    # With the laggard (10% of the digits) at its final 30 dB the mean is 30 at 120 passes.
+    assert solver_curves.ratio_if_slowest_done(reference, ours, 0.1) == pytest.approx(0.2)
+    # With 20% done, one more digit at 28 of its final 30 dB: the mean is 28.4 at 60 passes.
+    assert solver_curves.ratio_if_slowest_done(reference, ours, 0.2) == pytest.approx(0.2)
+    assert solver_curves.ratio_if_slowest_done(reference, ours, 1.0) == pytest.approx(0.1)
+    # A digit above its own final PSNR is not lowered, and an unreachable bar gives None.
+    peaked = [(5, 60.0, 29.0, [31.0] + [27.0] * 9), (10, 120.0, 29.0, [29.0] * 10)]
+    assert solver_curves.ratio_if_slowest_done(reference, peaked, 1.0) is None
+    assert solver_curves.ratio_if_slowest_done(reference, [(5, 60.0, 25.0)], 0.1) is None
+
+
 def _traces(reference_final: float, ours_psnr: list[float]) -> dict:
     return {
         "paper-guarded": [(600, 600.0, reference_final, [reference_final] * 2)],
@@ -105,7 +125,8 @@ def test_merge_combines_runs_and_matches_their_summaries(tmp_path, capsys):
         [20.0, 20.0],
     )
     summary = (tmp_path / "m_summary.csv").read_text().splitlines()
-    assert summary[1] == "cs0.1,30,600,120,10,0.2,0.2,0.2,30,120,30,,,"  # untimed: no seconds
+    # ratio, its bootstrap interval, the slow-digit bounds; untimed: no seconds
+    assert summary[1] == "cs0.1,30,600,120,10,0.2,0.2,0.2,0.2,0.2,30,120,30,,,"
     assert summary[2].startswith("hole,20,600,60,5,0.1,0.1,0.1,")
     assert (tmp_path / "m.png").stat().st_size > 0
 
