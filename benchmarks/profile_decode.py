@@ -2,7 +2,7 @@
 
 Every solver iteration costs one decode of the batch's latents and one backward pass; this script
 profiles that unit on a shipped Glow and prints the share of convolutions, of the 1x1
-convolutions' LU algebra (what caching their inverses could save) and of everything else, with
+convolutions' LU algebra and of everything else, with
 the kernel choices of :mod:`deepinv_glowprior.batch_invariance`: oneDNN in chunks of at most
 15 samples on channels-last (NHWC) weights (what ``GlowReconstructor(batch_invariant=True)``, the
 default, solves with where the probe finds it batch-invariant), the same chunks on the default
@@ -14,7 +14,12 @@ Usage::
     python benchmarks/profile_decode.py --batch 8 --repeats 5
 
 Each line also gives the median time of ``repeats`` passes without the profiler, whose cost per
-operator hides part of the difference between the two layouts; the last line is their ratio.
+operator hides part of the difference between the two layouts; the next line is their ratio.
+These rows recompute each 1x1 convolution's inverse at every decode; the solvers compute it once
+per solve (:meth:`~deepinv_glowprior.glow.Glow.cached_1x1_inverses`). The last line is what that
+saves: the median time of passes in NHWC chunks with the cache over those without, in
+alternating blocks so that the machine's drifts reach both. It saves most where a call decodes few
+latents (``--batch 1``: one image and the copy that keeps it company in its chunk).
 """
 
 from __future__ import annotations
@@ -94,6 +99,25 @@ def _profile(decode, z: torch.Tensor, repeats: int) -> tuple[dict[str, float], f
     return shares, seconds, statistics.median(plain)
 
 
+def _cache_ratio(decode, glow, z: torch.Tensor, repeats: int, block: int = 5) -> float:
+    """Median seconds of a decode+backward pass with cached 1x1 inverses over one without, in
+    NHWC chunks: blocks of ``block`` passes of each, alternating, until each has ``repeats``.
+    A cached block's first pass, which computes the inverses, is left out (a solve computes
+    them once for hundreds of passes), and so is an uncached block's, to treat both alike."""
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    with channels_last_weights(glow):
+        while len(seconds[False]) < repeats:
+            for cached in (True, False):
+                with glow.cached_1x1_inverses() if cached else contextlib.nullcontext():
+                    for index in range(block + 1):
+                        z.grad = None
+                        started = time.perf_counter()
+                        decode(z).pow(2).sum().backward()
+                        if index:
+                            seconds[cached].append(time.perf_counter() - started)
+    return statistics.median(seconds[True]) / statistics.median(seconds[False])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mnist32")
@@ -128,6 +152,10 @@ def main() -> None:
         )
     layouts = unprofiled["oneDNN chunks, NHWC"] / unprofiled["oneDNN chunks, NCHW"]
     print(f"oneDNN chunks, NHWC / NCHW time (unprofiled medians): {layouts:.2f}")
+    cache = _cache_ratio(in_chunks, glow, z, args.repeats)
+    print(
+        f"oneDNN chunks, NHWC, cached / recomputed 1x1 inverses (alternating medians): {cache:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@ r"""Glow, a multi-scale invertible generator :math:`x = G(z)` built on normflows
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -118,21 +120,66 @@ class _BoundedLogScale(nn.Module):
 
 def _flow_step(channels: int, config: GlowConfig) -> nf.flows.GlowBlock:
     affine = config.coupling == "affine"
-    block = nf.flows.GlowBlock(
-        channels,
-        config.hidden_channels,
-        scale=affine,
-        scale_map="exp",
-        split_mode="channel",
-        init_zeros=True,
-        use_lu=config.use_lu,
-    )
+    with warnings.catch_warnings():
+        # normflows builds its LU 1x1 convolutions with the deprecated torch.lu; the warning
+        # would greet every user who loads a model and concerns no code of theirs.
+        warnings.filterwarnings("ignore", message=r"torch\.lu is deprecated", category=UserWarning)
+        block = nf.flows.GlowBlock(
+            channels,
+            config.hidden_channels,
+            scale=affine,
+            scale_map="exp",
+            split_mode="channel",
+            init_zeros=True,
+            use_lu=config.use_lu,
+        )
     if affine:
         coupling = block.flows[0].flows[1]
         coupling.param_map = _BoundedLogScale(
             coupling.param_map, config.scale_bound, config.shift_bound
         )
     return block
+
+
+class _CachedInverseForward:
+    """The decoding call of one ``nf.flows.Invertible1x1Conv``, with its weight :math:`W^{-1}`
+    and log-determinant computed as normflows does, but once per state of the factors."""
+
+    def __init__(self, convolution: nf.flows.Invertible1x1Conv) -> None:
+        self.convolution = convolution
+        self.key: tuple | None = None
+        self.weight = self.log_det = None
+
+    def _factors(self) -> list[torch.Tensor]:
+        names = ("L", "U", "log_S", "P", "sign_S") if self.convolution.use_lu else ("W",)
+        return [getattr(self.convolution, name) for name in names]
+
+    def __call__(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        convolution = self.convolution
+        factors = self._factors()
+        if torch.is_grad_enabled() and any(factor.requires_grad for factor in factors):
+            return type(convolution).forward(convolution, z)
+        key = tuple((factor.data_ptr(), factor._version, factor.dtype) for factor in factors)
+        if key != self.key:
+            with torch.no_grad():
+                self.weight, self.log_det = _decoding_weight(convolution)
+            self.key = key
+        channels = convolution.num_channels
+        z_ = torch.nn.functional.conv2d(z, self.weight.view(channels, channels, 1, 1))
+        return z_, self.log_det * z.size(2) * z.size(3)
+
+
+def _decoding_weight(convolution: nf.flows.Invertible1x1Conv) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":math:`W^{-1}` and :math:`-\log|\det W|` per pixel, with normflows' own arithmetic (so a
+    test can compare its forward bit for bit)."""
+    if convolution.use_lu:
+        return convolution._assemble_W(inverse=True), -torch.sum(convolution.log_S)
+    weight = convolution.W
+    if weight.dtype == torch.float64:
+        inverse = torch.inverse(weight)
+    else:
+        inverse = torch.inverse(weight.double()).type(weight.dtype)
+    return inverse, -torch.slogdet(weight)[1]
 
 
 def _load_checkpoint_file(
@@ -276,6 +323,8 @@ class Glow(nn.Module):
                 channels -= channels // 2
         self._latent_shapes.append((channels, height, width))
         self._latent_sizes = [math.prod(shape) for shape in self._latent_shapes]
+        # Fixed with the architecture; found once because every decode asks is_initialized.
+        self._actnorm_modules = tuple(m for m in self.modules() if isinstance(m, nf.flows.ActNorm))
 
     @classmethod
     def from_config(cls, config: GlowConfig) -> Glow:
@@ -301,13 +350,52 @@ class Glow(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def _actnorms(self) -> list[nf.flows.ActNorm]:
-        return [m for m in self.modules() if isinstance(m, nf.flows.ActNorm)]
+    def _actnorms(self) -> tuple[nf.flows.ActNorm, ...]:
+        return self._actnorm_modules
 
     @property
     def is_initialized(self) -> bool:
         """Whether ActNorm's data-dependent initialisation has happened."""
         return all(bool(m.data_dep_init_done > 0) for m in self._actnorms())
+
+    @contextlib.contextmanager
+    def cached_1x1_inverses(self) -> Iterator[Glow]:
+        r"""Within, each invertible 1x1 convolution computes its decoding weight :math:`W^{-1}`
+        once, not at every decode.
+
+        Decoding applies :math:`W^{-1}`, which normflows assembles from the LU factors and
+        inverts in double precision at every call: a small cost per call, but one a solver pays
+        at each of its hundreds of decodes, and the larger share the fewer images a call
+        decodes. The cached weight is the one the call would compute, so results are the same
+        bit for bit. It is recomputed when a factor changes (an optimiser step, loading
+        weights, a move to another device or dtype), and not used where gradients must reach
+        the weights (grad mode on and the factors requiring gradients): training inside is
+        safe, only not faster. Leaving restores the modules.
+
+        :Example:
+
+        >>> import torch
+        >>> from deepinv_glowprior import Glow
+        >>> glow = Glow(img_size=(1, 8, 8), levels=2, steps=2, hidden_channels=8)
+        >>> glow = glow.initialize(torch.rand(4, 1, 8, 8))
+        >>> z = torch.randn(2, glow.latent_dim)
+        >>> with torch.no_grad(), glow.cached_1x1_inverses():
+        ...     cached = glow.decode(z)
+        >>> bool(torch.equal(cached, glow.decode(z).detach()))
+        True
+        """
+        convolutions = [
+            module
+            for module in self.modules()
+            if isinstance(module, nf.flows.Invertible1x1Conv) and "forward" not in vars(module)
+        ]
+        for convolution in convolutions:
+            convolution.forward = _CachedInverseForward(convolution)
+        try:
+            yield self
+        finally:
+            for convolution in convolutions:
+                del convolution.forward
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> Glow:

@@ -370,7 +370,7 @@ class GlowReconstructor(Reconstructor):
         needed_grad = [p.requires_grad for p in self.glow.parameters()]
         self.glow.requires_grad_(False)  # gradients w.r.t. z only: cheaper, weights untouched
         try:
-            with torch.enable_grad(), self._kernels():
+            with torch.enable_grad(), self._kernels(), self.glow.cached_1x1_inverses():
                 solution = self._solve(y.detach(), physics)
         finally:
             for parameter, needed in zip(self.glow.parameters(), needed_grad, strict=True):

@@ -627,3 +627,88 @@ def test_first_encode_with_one_image_on_1x1_deepest_level():
         assert torch.isfinite(z).all() and torch.isfinite(logdet).all()
     z, logdet = model.encode(torch.rand(4, *model.img_size))
     assert torch.isfinite(z).all() and torch.isfinite(logdet).all()
+
+
+def test_building_a_glow_prints_no_torch_lu_deprecation():
+    # A fresh process: torch warns about torch.lu once per process, so in this one it may
+    # already have been said and silenced.
+    import subprocess
+    import sys
+
+    code = "from deepinv_glowprior import Glow; Glow(img_size=(1, 8, 8), levels=2, steps=2)"
+    result = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "torch.lu" not in result.stderr
+
+
+# -- cached 1x1 inverses ------------------------------------------------------------------------
+def _one_by_ones(model: Glow) -> list:
+    import normflows as nf
+
+    return [m for m in model.modules() if isinstance(m, nf.flows.Invertible1x1Conv)]
+
+
+@pytest.mark.parametrize("use_lu", [True, False])
+def test_cached_1x1_inverses_decode_bit_for_bit_as_without(use_lu):
+    model, x = make_model({**SMALL, "use_lu": use_lu}, noise=0.02)
+    z = model.encode(x)[0].detach()
+    with torch.no_grad():
+        plain = model._decode(z)
+        with model.cached_1x1_inverses():
+            assert all("forward" in vars(m) for m in _one_by_ones(model))
+            first, again = model._decode(z), model._decode(z)
+    for cached in (first, again):
+        assert torch.equal(cached[0], plain[0]) and torch.equal(cached[1], plain[1])
+    assert not any("forward" in vars(m) for m in _one_by_ones(model))
+
+
+def test_cached_1x1_inverse_follows_a_change_of_the_weights(small_model):
+    model, x = small_model
+    z = model.encode(x)[0].detach()
+    with torch.no_grad(), model.cached_1x1_inverses():
+        before = model.decode(z)
+        for convolution in _one_by_ones(model):
+            convolution.log_S.add_(0.1)  # in place, as an optimiser step
+        after = model.decode(z)
+    with torch.no_grad():
+        expected = model.decode(z)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, expected)
+
+
+def test_gradients_reach_the_weights_inside_the_cache(small_model):
+    model, x = small_model
+    z = model.encode(x)[0].detach()
+
+    def weight_gradients() -> list[torch.Tensor]:
+        model.zero_grad()
+        model.decode(z).pow(2).sum().backward()
+        return [m.log_S.grad.clone() for m in _one_by_ones(model)]
+
+    plain = weight_gradients()
+    with model.cached_1x1_inverses():
+        cached = weight_gradients()
+    assert all(torch.equal(a, b) for a, b in zip(plain, cached, strict=True))
+
+
+def test_cache_restores_the_modules_after_an_error_and_nests(small_model):
+    model, x = small_model
+    z = model.encode(x)[0].detach()
+    with model.cached_1x1_inverses(), model.cached_1x1_inverses():
+        pass
+    assert not any("forward" in vars(m) for m in _one_by_ones(model))
+    with model.cached_1x1_inverses():
+        with model.cached_1x1_inverses():
+            pass
+        # the inner context leaves the outer's cache in place
+        assert all("forward" in vars(m) for m in _one_by_ones(model))
+    with pytest.raises(RuntimeError, match="inside"), model.cached_1x1_inverses():
+        raise RuntimeError("inside")
+    assert not any("forward" in vars(m) for m in _one_by_ones(model))
+    assert torch.isfinite(model.decode(z)).all()
