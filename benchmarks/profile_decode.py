@@ -2,12 +2,12 @@
 
 Every solver iteration costs one decode of the batch's latents and one backward pass; this script
 profiles that unit on a shipped Glow and prints the share of convolutions, of the 1x1
-convolutions' LU algebra and of everything else, with
-the kernel choices of :mod:`deepinv_glowprior.batch_invariance`: oneDNN in chunks of at most
-15 samples on channels-last (NHWC) weights (what ``GlowReconstructor(batch_invariant=True)``, the
-default, solves with where the probe finds it batch-invariant), the same chunks on the default
-(NCHW) weights, the native kernels (its fallback), and PyTorch's default kernels (oneDNN on the
-whole batch, and NNPACK from 16 samples on; not batch-invariant).
+convolutions' LU algebra and of everything else, with the kernel choices of
+:mod:`deepinv_glowprior.batch_invariance`: oneDNN in chunks of at most 15 samples on
+channels-last (NHWC) weights (what ``GlowReconstructor(batch_invariant=True)``, the default,
+solves with where the probe finds it batch-invariant), the same chunks on the default (NCHW)
+weights, the native kernels (its fallback), and PyTorch's default kernels (oneDNN on the whole
+batch, and NNPACK from 16 samples on; not batch-invariant).
 
 Usage::
 
@@ -18,8 +18,8 @@ operator hides part of the difference between the two layouts; the next line is 
 These rows recompute each 1x1 convolution's inverse at every decode; the solvers compute it once
 per solve (:meth:`~deepinv_glowprior.glow.Glow.cached_1x1_inverses`). The last line is what that
 saves: the median time of passes in NHWC chunks with the cache over those without, in
-alternating blocks so that the machine's drifts reach both. It saves most where a call decodes few
-latents (``--batch 1``: one image and the copy that keeps it company in its chunk).
+alternating blocks so that the machine's drifts reach both. It saves most where a call decodes
+few latents (``--batch 1``: one image and the copy that keeps it company in its chunk).
 """
 
 from __future__ import annotations

@@ -359,6 +359,33 @@ class Glow(nn.Module):
         return all(bool(m.data_dep_init_done > 0) for m in self._actnorms())
 
     @contextlib.contextmanager
+    def frozen(self) -> Iterator[Glow]:
+        r"""Within, the weights are constants: they require no gradients (so autograd works out
+        gradients with respect to inputs or latents only, which is cheaper) and each 1x1
+        convolution's inverse is computed once (:meth:`cached_1x1_inverses`). Leaving restores
+        every weight's ``requires_grad``. What solvers and samplers run inside.
+
+        :Example:
+
+        >>> import torch
+        >>> from deepinv_glowprior import Glow
+        >>> glow = Glow(img_size=(1, 8, 8), levels=2, steps=2, hidden_channels=8)
+        >>> with glow.frozen():
+        ...     any(p.requires_grad for p in glow.parameters())
+        False
+        >>> all(p.requires_grad for p in glow.parameters())
+        True
+        """
+        needed_grad = [parameter.requires_grad for parameter in self.parameters()]
+        self.requires_grad_(False)
+        try:
+            with self.cached_1x1_inverses():
+                yield self
+        finally:
+            for parameter, needed in zip(self.parameters(), needed_grad, strict=True):
+                parameter.requires_grad_(needed)
+
+    @contextlib.contextmanager
     def cached_1x1_inverses(self) -> Iterator[Glow]:
         r"""Within, each invertible 1x1 convolution computes its decoding weight :math:`W^{-1}`
         once, not at every decode.

@@ -617,56 +617,50 @@ class GlowPosteriorSampler(Reconstructor):
 
         device = self.glow.device
         generator = torch.Generator(device=device).manual_seed(self.seed)
-        needed_grad = [p.requires_grad for p in self.glow.parameters()]
-        self.glow.requires_grad_(False)
-        try:
-            with self.glow.cached_1x1_inverses():  # fixed weights while the chains run
-                z_map = solution.z.detach().repeat(chains, 1)
-                to_latent, metric, step_size = (lambda w: w), None, sigma**2 / 10
-                if self.preconditioner == "laplace":
-                    to_latent = self._laplace_map(solution.z.detach(), physics, sigma, y[0].numel())
-                    z0, spread = torch.zeros_like(z_map), 1.0  # the whitened posterior: unit scale
-                    step_size = 0.1
-                else:
-                    metric = self._metric(z_map, batch, physics, y_chains, sigma, generator)
-                    z0, spread = z_map, None if metric is None else metric.sqrt()
-                if self.jitter and spread is not None:
-                    noise = torch.randn(z_map.shape, generator=generator, device=device).to(z_map)
-                    z0 = z0 + spread * noise
-                chain_settings = {
-                    "draws": self.draws,
-                    "burn_in": self.burn_in,
-                    "thinning": self.thinning,
-                    "adapt": self.adapt,
-                    "target_accept": self.target_accept,
-                    "preconditioner": metric,
-                    "generator": generator,
-                    "progress": self.progress,
-                }
-                if self.step_size is not None:
-                    step_size = self.step_size
-                elif self.method == "hmc":
-                    step_size = math.sqrt(2 * step_size)
-                if self.method == "hmc":
-                    run = hamiltonian(
-                        lambda w: potential(to_latent(w)),
-                        z0,
-                        step_size=step_size,
-                        leapfrog_steps=self.leapfrog_steps,
-                        **chain_settings,
-                    )
-                else:
-                    run = langevin(
-                        lambda w: potential(to_latent(w)),
-                        z0,
-                        step_size=step_size,
-                        adjusted=self.method == "mala",
-                        **chain_settings,
-                    )
-                latents = to_latent(run.draws.flatten(0, 1)).view_as(run.draws).detach()
-        finally:
-            for parameter, needed in zip(self.glow.parameters(), needed_grad, strict=True):
-                parameter.requires_grad_(needed)
+        with self.glow.frozen():  # fixed weights while the chains run
+            z_map = solution.z.detach().repeat(chains, 1)
+            to_latent, metric, step_size = (lambda w: w), None, sigma**2 / 10
+            if self.preconditioner == "laplace":
+                to_latent = self._laplace_map(solution.z.detach(), physics, sigma, y[0].numel())
+                z0, spread = torch.zeros_like(z_map), 1.0  # the whitened posterior: unit scale
+                step_size = 0.1
+            else:
+                metric = self._metric(z_map, batch, physics, y_chains, sigma, generator)
+                z0, spread = z_map, None if metric is None else metric.sqrt()
+            if self.jitter and spread is not None:
+                noise = torch.randn(z_map.shape, generator=generator, device=device).to(z_map)
+                z0 = z0 + spread * noise
+            chain_settings = {
+                "draws": self.draws,
+                "burn_in": self.burn_in,
+                "thinning": self.thinning,
+                "adapt": self.adapt,
+                "target_accept": self.target_accept,
+                "preconditioner": metric,
+                "generator": generator,
+                "progress": self.progress,
+            }
+            if self.step_size is not None:
+                step_size = self.step_size
+            elif self.method == "hmc":
+                step_size = math.sqrt(2 * step_size)
+            if self.method == "hmc":
+                run = hamiltonian(
+                    lambda w: potential(to_latent(w)),
+                    z0,
+                    step_size=step_size,
+                    leapfrog_steps=self.leapfrog_steps,
+                    **chain_settings,
+                )
+            else:
+                run = langevin(
+                    lambda w: potential(to_latent(w)),
+                    z0,
+                    step_size=step_size,
+                    adjusted=self.method == "mala",
+                    **chain_settings,
+                )
+            latents = to_latent(run.draws.flatten(0, 1)).view_as(run.draws).detach()
         seconds["chains"] = time.perf_counter() - started - seconds["map"]
         seconds["chains_cpu"] = time.process_time() - cpu_started - seconds["map_cpu"]
         draws = self.draws

@@ -367,14 +367,9 @@ class GlowReconstructor(Reconstructor):
         # parameters (B, ...), which a subset of the samples would not match.
         self._row_subsets = self._check_inputs(y, physics)
         self._warn_if_few_measurements(y)
-        needed_grad = [p.requires_grad for p in self.glow.parameters()]
-        self.glow.requires_grad_(False)  # gradients w.r.t. z only: cheaper, weights untouched
-        try:
-            with torch.enable_grad(), self._kernels(), self.glow.cached_1x1_inverses():
-                solution = self._solve(y.detach(), physics)
-        finally:
-            for parameter, needed in zip(self.glow.parameters(), needed_grad, strict=True):
-                parameter.requires_grad_(needed)
+        # Gradients w.r.t. z only: cheaper, and the weights stay untouched.
+        with self.glow.frozen(), torch.enable_grad(), self._kernels():
+            solution = self._solve(y.detach(), physics)
         self.last_solution = solution
         return solution
 

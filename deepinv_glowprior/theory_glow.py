@@ -130,16 +130,10 @@ def generator_jacobian(
     def decode(latent: torch.Tensor) -> torch.Tensor:
         return glow._decode(latent[None])[0].reshape(n)
 
-    needed_grad = [p.requires_grad for p in glow.parameters()]
-    glow.requires_grad_(False)
-    try:
-        with torch.enable_grad():
-            _, pullback = vjp(decode, z)
-            eye = torch.eye(n, device=glow.device, dtype=glow.dtype)
-            rows = [vmap(pullback)(eye[i : i + chunk_size])[0] for i in range(0, n, chunk_size)]
-    finally:
-        for parameter, needed in zip(glow.parameters(), needed_grad, strict=True):
-            parameter.requires_grad_(needed)
+    with glow.frozen(), torch.enable_grad():
+        _, pullback = vjp(decode, z)
+        eye = torch.eye(n, device=glow.device, dtype=glow.dtype)
+        rows = [vmap(pullback)(eye[i : i + chunk_size])[0] for i in range(0, n, chunk_size)]
     return torch.cat(rows).detach()
 
 

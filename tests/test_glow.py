@@ -712,3 +712,16 @@ def test_cache_restores_the_modules_after_an_error_and_nests(small_model):
         raise RuntimeError("inside")
     assert not any("forward" in vars(m) for m in _one_by_ones(model))
     assert torch.isfinite(model.decode(z)).all()
+
+
+def test_frozen_holds_the_weights_off_autograd_with_cached_inverses_and_restores(small_model):
+    model, _ = small_model
+    first = next(model.parameters())
+    first.requires_grad_(False)  # a mixed set of flags comes back as it was
+    flags = [p.requires_grad for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="inside"), model.frozen():
+        assert not any(p.requires_grad for p in model.parameters())
+        assert all("forward" in vars(m) for m in _one_by_ones(model))
+        raise RuntimeError("inside")
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert not any("forward" in vars(m) for m in _one_by_ones(model))
