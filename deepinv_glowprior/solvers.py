@@ -263,7 +263,11 @@ def batched_lbfgs(
     :math:`z_0`, without curvature pairs, with ``restart_damped_iter`` damped iterations, as an
     extra row of the calls, while the first attempt goes on; the sample keeps the better of the
     two (the best iterate of either). The second attempt counts its iterations on from
-    ``stuck_iter`` (up to ``stuck_iter + max_iter``); ``history`` follows the first.
+    ``stuck_iter`` (up to ``stuck_iter + max_iter``); ``history`` follows the first. Once
+    :math:`k` second attempts keep curvature pairs, a call of ``objective`` holds at most
+    :math:`B - k` rows (at least one): the solve then holds no more memory than without them,
+    as long as one row of the objective's autograd graph outweighs one row of pairs
+    (:math:`2 \cdot \mathrm{memory} \cdot n` floats; for a Glow, every flow step's activations).
 
     :param objective: maps ``(B, n)`` latents to ``(B,)`` values; must be differentiable.
     :param torch.Tensor z0: starting latents ``(B, n)``.
@@ -317,7 +321,8 @@ def batched_lbfgs(
             "the sample it retries."
         )
     batch = z0.shape[0]
-    # Second attempts add rows; a call holds no more rows than the batch, so no more memory.
+    # A call's autograd graph holds the memory; second attempts add rows, and their curvature
+    # pairs are paid for by calls of fewer rows (see second_attempts).
     evaluate = _Evaluator(objective, row_subsets, max_rows=batch)
     check_stuck = is_stuck is not None and 0 < stuck_iter < max_iter
     # Rows 0..B-1 are the samples; a stuck sample's second attempt takes the next free row.
@@ -333,10 +338,10 @@ def batched_lbfgs(
             "The objective is not finite at the starting point; start from z = 0 or a smaller "
             "initialisation."
         )
-    # The rows of second attempts are filled in when they start.
-    z = torch.cat([start, start.new_zeros(rows_total - batch, start.shape[1])])
+    # The rows of second attempts are filled in when they start; the latent-sized ones (like
+    # the curvature pairs) are only allocated then.
+    z, g = start.clone(), g0.clone()
     f = torch.cat([f0, f0.new_zeros(rows_total - batch)])
-    g = torch.cat([g0, g0.new_zeros(rows_total - batch, g0.shape[1])])
     pairs = _CurvatureMemory(memory, start)
     active = torch.zeros(rows_total, dtype=torch.bool, device=z.device)
     active[:batch] = max_iter > 0
@@ -398,7 +403,7 @@ def batched_lbfgs(
     def second_attempts(rows: torch.Tensor) -> None:
         """Start a second attempt, from z0 and damped, for the samples ``rows`` that ``is_stuck``
         picks; their first attempts go on."""
-        nonlocal next_free
+        nonlocal next_free, z, g, direction, best_z
         if rows.numel() == 0:
             return
         stuck = is_stuck(f[rows], trace[stuck_iter // 2, rows]).to(torch.bool).reshape(-1)
@@ -410,6 +415,13 @@ def batched_lbfgs(
         samples = rows[stuck]
         new = torch.arange(next_free, next_free + samples.numel(), device=z.device)
         next_free += samples.numel()
+        # One row less per call for each attempt's pairs: a row of a call's graph (every flow
+        # step's activations) outweighs a row of pairs, so the solve holds no more than before.
+        evaluate.max_rows = max(1, 2 * batch - next_free)
+        z, g, direction, best_z = (
+            torch.cat([rows_of_n, rows_of_n.new_zeros(samples.numel(), rows_of_n.shape[1])])
+            for rows_of_n in (z, g, direction, best_z)
+        )
         sample_of[new], second_row[samples] = samples, new
         z[new], f[new], g[new] = start[samples], f0[samples], g0[samples]
         best_z[new], best_f[new] = start[samples], f0[samples]

@@ -545,6 +545,40 @@ def test_lbfgs_second_attempts_never_make_a_call_larger_than_the_batch():
     assert result.sample_evaluations == sum(sizes)
 
 
+def test_lbfgs_calls_shrink_by_a_row_per_second_attempt():
+    """Each second attempt's curvature pairs are paid for by one row less per call, so the solve
+    holds no more memory than the batch alone; which rows go together changes no result."""
+    shifts = torch.tensor([[0.0, 0.1], [0.3, -0.2], [-0.1, 0.4], [0.2, 0.2]], dtype=DOUBLE)
+    # The last sample starts at its minimum and stops at once: four rows run after the retry.
+    z0 = torch.tensor([[-1.1, -0.6], [-1.3, 1.7], [0.9, -0.8], [1.2, 1.2]], dtype=DOUBLE)
+    sizes, retry_started_at = [], []
+
+    def objective(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(rows))
+        return rosenbrock(z - shifts[rows])
+
+    def first_sample_stuck(now: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
+        stuck = torch.zeros_like(now, dtype=torch.bool)
+        if not retry_started_at:
+            retry_started_at.append(len(sizes))
+            stuck[0] = True
+        return stuck
+
+    options = {"max_iter": 30, "tol": 0.0, "grad_tol": 0.0, "row_subsets": True}
+    result = batched_lbfgs(objective, z0, stuck_iter=6, is_stuck=first_sample_stuck, **options)
+    before, after = sizes[: retry_started_at[0]], sizes[retry_started_at[0] :]
+    assert max(before) == 4
+    assert max(after) <= 3  # four rows still run, in two calls
+    assert int(result.restarted.sum()) == 1
+    assert int(result.iterations[3]) == 1
+    # Each sample alone, without the retry's company: same bits for the samples not retried.
+    for i in (1, 2, 3):
+        alone = batched_lbfgs(
+            lambda z, rows, i=i: rosenbrock(z - shifts[i : i + 1]), z0[i : i + 1], **options
+        )
+        torch.testing.assert_close(result.z[i], alone.z[0], atol=0, rtol=0)
+
+
 @pytest.mark.parametrize(("rows", "expected"), [(5, [3, 2]), (4, [4]), (9, [3, 3, 3])])
 def test_evaluator_splits_rows_into_equal_calls(rows, expected):
     """More rows than max_rows go as the fewest calls of equal size (37 rows of a 32-sample
