@@ -19,6 +19,10 @@ For each task it prints and writes (``{out}_summary.csv``):
   point over the reference's whole solve, the trace's decodes excluded. Passes do not depend on
   the machine's load; seconds also count what a pass costs at the batch sizes each solver runs;
 - where our solver stops: its PSNR and passes (at the defaults, what a user gets);
+- the same ratio for the reference's own trace (``reference_ratio_at_own_psnr``): the share of
+  its passes after which it is itself within the slack of its final PSNR. Where it is low the
+  reference spends its last passes without gain; where ours is close to it, ours converges no
+  faster than the reference, and only stopping sooner separates them;
 - how much the ratio depends on which digits were drawn: its 5th and 95th percentiles over
   ``--resamples`` bootstrap draws of the digits (with replacement; the traces keep each digit's
   PSNR). A draw takes the batch's passes per image, since the solvers report work per batch;
@@ -32,7 +36,8 @@ The traces (with each digit's PSNR) go to ``{out}.csv`` and the plot to ``{out}.
         --out docs/results/solver_curves
 
 ``--merge`` solves nothing: it reads the traces of earlier runs (for instance two runs with
-disjoint ``--tasks``, side by side on two cores) and writes their summary and plot together::
+disjoint ``--tasks``, side by side on two cores) and writes their summary and plot together,
+tasks in the benchmark's order::
 
     python benchmarks/solver_curves.py --merge a.csv,b.csv --out docs/results/solver_curves
 """
@@ -143,6 +148,8 @@ def summarise(task: str, reference: list, ours: list, resamples: int = 0) -> dic
     final_psnr, reference_work = reference[-1][2], reference[-1][1]
     reached = [point for point in ours if point[2] >= final_psnr - QUALITY_SLACK]
     work = reached[0][1] if reached else None
+    # The reference's last point always qualifies.
+    own_work = next(point[1] for point in reference if point[2] >= final_psnr - QUALITY_SLACK)
     timed = all(len(point) > 4 for point in reference + ours)
     reference_seconds = reference[-1][4] if timed else None
     seconds = reached[0][4] if timed and reached else None
@@ -156,6 +163,7 @@ def summarise(task: str, reference: list, ours: list, resamples: int = 0) -> dic
         "ours_passes_to_reference": work,
         "ours_iterations_to_reference": reached[0][0] if reached else None,
         "work_ratio_at_equal_psnr": None if work is None else work / reference_work,
+        "reference_ratio_at_own_psnr": own_work / reference_work,
         "ratio_p05": low,
         "ratio_p95": high,
         **{
@@ -245,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
                 if task in traces:
                     parser.error(f"--merge: task {task} appears in more than one file")
                 traces[task] = methods
+        # The tasks in the benchmark's order, whichever file held them.
+        order = list(TASKS) + sorted(set(traces) - set(TASKS))
+        traces = {task: traces[task] for task in order if task in traces}
         return write_outputs(traces, Path(args.out), args.resamples, announce=True)
     tasks = args.tasks.split(",")
     if unknown := sorted(set(tasks) - set(TASKS)):
@@ -284,7 +295,8 @@ def print_summary(summary: dict) -> None:
         f"{summary['reference_passes']:.0f} passes/image; ours reaches it "
         f"(-{QUALITY_SLACK} dB) after {_fmt(summary['ours_passes_to_reference'])} passes: "
         f"ratio {_fmt(summary['work_ratio_at_equal_psnr'])} (digits redrawn: "
-        f"{_fmt(summary['ratio_p05'])}-{_fmt(summary['ratio_p95'])}); ours stops at "
+        f"{_fmt(summary['ratio_p05'])}-{_fmt(summary['ratio_p95'])}; the reference itself: "
+        f"{_fmt(summary['reference_ratio_at_own_psnr'])}); ours stops at "
         f"{summary['ours_final_psnr']:.2f} dB after {summary['ours_final_passes']:.0f} passes"
         + (
             f"; time ratio at equal quality {_fmt(summary['time_ratio_at_equal_psnr'])}"

@@ -27,6 +27,15 @@ def test_equal_quality_ratio_takes_the_first_point_within_the_slack():
     assert summary["work_ratio_at_equal_psnr"] == pytest.approx(20.0 / 600.0)
     assert summary["ours_final_psnr"] == 33.0 and summary["ours_best_psnr"] == 33.0
     assert summary["ours_final_passes"] == 310.0
+    assert summary["reference_ratio_at_own_psnr"] == 1.0  # only its last point is within 0.1 dB
+
+
+def test_reference_ratio_at_own_psnr_finds_where_the_reference_stopped_gaining():
+    reference = [(100, 150.0, 25.0), (200, 300.0, 29.92), (300, 600.0, 30.0)]
+    ours = [(5, 100.0, 29.0), (10, 280.0, 30.0)]
+    summary = solver_curves.summarise("denoise0.1", reference, ours)
+    assert summary["reference_ratio_at_own_psnr"] == pytest.approx(0.5)
+    assert summary["work_ratio_at_equal_psnr"] == pytest.approx(280.0 / 600.0)
 
 
 def test_time_ratio_at_equal_quality_uses_the_seconds_of_the_same_point():
@@ -111,7 +120,7 @@ def _traces(reference_final: float, ours_psnr: list[float]) -> dict:
 def test_merge_combines_runs_and_matches_their_summaries(tmp_path, capsys):
     solver_curves.write_outputs({"cs0.1": _traces(30.0, [25.0, 30.0])}, tmp_path / "a", 50)
     solver_curves.write_outputs({"hole": _traces(20.0, [20.0, 21.0])}, tmp_path / "b", 50)
-    merge = f"{tmp_path / 'a.csv'},{tmp_path / 'b.csv'}"
+    merge = f"{tmp_path / 'b.csv'},{tmp_path / 'a.csv'}"  # tasks come out in TASKS' order
     assert (
         solver_curves.main(["--merge", merge, "--resamples", "50", "--out", str(tmp_path / "m")])
         == 0
@@ -126,8 +135,8 @@ def test_merge_combines_runs_and_matches_their_summaries(tmp_path, capsys):
     )
     summary = (tmp_path / "m_summary.csv").read_text().splitlines()
     # ratio, its bootstrap interval, the slow-digit bounds; untimed: no seconds
-    assert summary[1] == "cs0.1,30,600,120,10,0.2,0.2,0.2,0.2,0.2,30,120,30,,,"
-    assert summary[2].startswith("hole,20,600,60,5,0.1,0.1,0.1,")
+    assert summary[1] == "cs0.1,30,600,120,10,0.2,1,0.2,0.2,0.2,0.2,30,120,30,,,"
+    assert summary[2].startswith("hole,20,600,60,5,0.1,1,0.1,0.1,")
     assert (tmp_path / "m.png").stat().st_size > 0
 
 
