@@ -413,6 +413,8 @@ def batched_lbfgs(
                 f"{tuple(stuck.shape)}."
             )
         samples = rows[stuck]
+        if samples.numel() == 0:
+            return
         new = torch.arange(next_free, next_free + samples.numel(), device=z.device)
         next_free += samples.numel()
         # One row less per call for each attempt's pairs: a row of a call's graph (every flow
