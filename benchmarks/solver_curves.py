@@ -146,10 +146,10 @@ def ratio_if_slowest_done(reference: list, ours: list, fraction: float) -> float
 
 def summarise(task: str, reference: list, ours: list, resamples: int = 0) -> dict:
     final_psnr, reference_work = reference[-1][2], reference[-1][1]
-    reached = [point for point in ours if point[2] >= final_psnr - QUALITY_SLACK]
+    bar = final_psnr - QUALITY_SLACK
+    reached = [point for point in ours if point[2] >= bar]
     work = reached[0][1] if reached else None
-    # The reference's last point always qualifies.
-    own_work = next(point[1] for point in reference if point[2] >= final_psnr - QUALITY_SLACK)
+    own_work = next(point[1] for point in reference if point[2] >= bar)  # its last point will do
     timed = all(len(point) > 4 for point in reference + ours)
     reference_seconds = reference[-1][4] if timed else None
     seconds = reached[0][4] if timed and reached else None

@@ -420,13 +420,11 @@ def batched_lbfgs(
         # One row less per call for each attempt's pairs: a row of a call's graph (every flow
         # step's activations) outweighs a row of pairs, so the solve holds no more than before.
         evaluate.max_rows = max(1, 2 * batch - next_free)
-        z, g, direction, best_z = (
-            torch.cat([rows_of_n, rows_of_n.new_zeros(samples.numel(), rows_of_n.shape[1])])
-            for rows_of_n in (z, g, direction, best_z)
-        )
+        z, best_z = torch.cat([z, start[samples]]), torch.cat([best_z, start[samples]])
+        g = torch.cat([g, g0[samples]])
+        direction = torch.cat([direction, torch.zeros_like(start[samples])])
         sample_of[new], second_row[samples] = samples, new
-        z[new], f[new], g[new] = start[samples], f0[samples], g0[samples]
-        best_z[new], best_f[new] = start[samples], f0[samples]
+        f[new], best_f[new] = f0[samples], f0[samples]
         pairs.grow(samples.numel())
         iterations[new] = stuck_iter
         trace[stuck_iter, new] = f0[samples]

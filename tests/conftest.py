@@ -27,3 +27,19 @@ def seeded_and_quiet():
         warnings.filterwarnings("ignore", message=".*torch.lu.*")
         warnings.filterwarnings("ignore", message=".*lu_unpack.*")
         yield
+
+
+@pytest.fixture
+def decoding_weights_built(monkeypatch) -> list:
+    """The 1x1 convolutions whose decoding weight :math:`W^{-1}` gets computed, one entry per
+    computation (to count what :meth:`Glow.cached_1x1_inverses` saves)."""
+    from deepinv_glowprior import glow as glow_module
+
+    built = []
+    decoding_weight = glow_module._decoding_weight
+    monkeypatch.setattr(
+        glow_module,
+        "_decoding_weight",
+        lambda convolution: built.append(convolution) or decoding_weight(convolution),
+    )
+    return built

@@ -205,19 +205,14 @@ def test_profile_shares_sum_to_one_and_times_are_positive():
     assert profiled > 0 and unprofiled > 0
 
 
-def test_cache_ratio_times_blocks_that_compute_the_inverses_once(monkeypatch):
-    from deepinv_glowprior import glow as glow_module
+def test_cache_ratio_times_blocks_that_compute_the_inverses_once(decoding_weights_built):
     from deepinv_glowprior.glow import Glow
 
     glow = Glow(img_size=(1, 8, 8), levels=2, steps=2, hidden_channels=8)
     glow.initialize(torch.rand(4, 1, 8, 8)).requires_grad_(False)
-    built = []
-    decoding_weight = glow_module._decoding_weight
-    monkeypatch.setattr(
-        glow_module, "_decoding_weight", lambda conv: built.append(conv) or decoding_weight(conv)
-    )
     z = torch.randn(2, glow.latent_dim, requires_grad=True)
     ratio = profile_decode._cache_ratio(lambda latents: glow.decode(latents), glow, z, 4, block=2)
     assert 0 < ratio < float("inf")
     convolutions = sum(type(m).__name__ == "Invertible1x1Conv" for m in glow.modules())
-    assert len(built) == 2 * convolutions  # two cached blocks of three passes, once each
+    # Two cached blocks of three passes: the inverses computed once per block.
+    assert len(decoding_weights_built) == 2 * convolutions

@@ -864,25 +864,18 @@ def test_gamma_auto_is_batch_independent(glow64):
         torch.testing.assert_close(alone.residual[0], together.residual[i], atol=1e-9, rtol=0)
 
 
-def test_solve_computes_each_1x1_inverse_once_and_returns_the_same_bits(glow, monkeypatch):
+def test_solve_computes_each_1x1_inverse_once_and_returns_the_same_bits(
+    glow, monkeypatch, decoding_weights_built
+):
     import contextlib
-
-    from deepinv_glowprior import glow as glow_module
 
     x = in_distribution(glow, 3, seed=8)
     physics = compressed_sensing(m=IMG[0] * IMG[1] * IMG[2] // 2, sigma=0.01)
     y = physics(x)
     model = GlowReconstructor(glow, max_iter=8)
-    weights_built = []
-    decoding_weight = glow_module._decoding_weight
-    monkeypatch.setattr(
-        glow_module,
-        "_decoding_weight",
-        lambda convolution: weights_built.append(convolution) or decoding_weight(convolution),
-    )
     cached = model.solve(y, physics)
     one_by_ones = [m for m in glow.modules() if type(m).__name__ == "Invertible1x1Conv"]
-    assert len(weights_built) == len(one_by_ones)  # once each, for the whole solve
+    assert len(decoding_weights_built) == len(one_by_ones)  # once each, for the whole solve
     monkeypatch.setattr(Glow, "cached_1x1_inverses", lambda self: contextlib.nullcontext(self))
     plain = model.solve(y, physics)
     assert torch.equal(cached.z, plain.z) and torch.equal(cached.x, plain.x)
