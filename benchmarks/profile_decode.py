@@ -20,6 +20,12 @@ per solve (:meth:`~deepinv_glowprior.glow.Glow.cached_1x1_inverses`). The last l
 saves: the median time of passes in NHWC chunks with the cache over those without, in
 alternating blocks so that the machine's drifts reach both. It saves most where a call decodes
 few latents (``--batch 1``: one image and the copy that keeps it company in its chunk).
+
+``--compile`` adds one more line: the same passes (NHWC chunks, cached inverses) with the decode
+compiled by ``torch.compile`` (inductor, static shapes) over the eager ones, in alternating
+blocks, with the seconds of the first compiled pass (the compilation) and the largest difference
+between the two gradients, relative to their largest entry (a solve's path follows the last
+bits).
 """
 
 from __future__ import annotations
@@ -118,12 +124,48 @@ def _cache_ratio(decode, glow, z: torch.Tensor, repeats: int, block: int = 5) ->
     return statistics.median(seconds[True]) / statistics.median(seconds[False])
 
 
+def _compile_ratio(
+    decode, z: torch.Tensor, repeats: int, block: int = 5, backend: str = "inductor"
+) -> tuple[float, float, float]:
+    """``(compiled / eager median seconds per pass, seconds of the first compiled pass, largest
+    gradient difference over the gradient's largest entry)`` of ``decode`` and its
+    ``torch.compile``: blocks of ``block`` passes of each, alternating, until each has
+    ``repeats`` (a block's first pass left out)."""
+    compiled = torch.compile(decode, backend=backend, dynamic=False)
+
+    def gradient(function) -> torch.Tensor:
+        z.grad = None
+        function(z).pow(2).sum().backward()
+        return z.grad.clone()
+
+    started = time.perf_counter()
+    compiled_gradient = gradient(compiled)
+    compile_seconds = time.perf_counter() - started
+    eager_gradient = gradient(decode)
+    difference = float(
+        (compiled_gradient - eager_gradient).abs().max() / eager_gradient.abs().max()
+    )
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    while len(seconds[False]) < repeats:
+        for is_compiled, function in ((True, compiled), (False, decode)):
+            for index in range(block + 1):
+                started = time.perf_counter()
+                gradient(function)
+                if index:
+                    seconds[is_compiled].append(time.perf_counter() - started)
+    ratio = statistics.median(seconds[True]) / statistics.median(seconds[False])
+    return ratio, compile_seconds, difference
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mnist32")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the decode under torch.compile"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     torch.set_num_threads(args.threads)
@@ -156,6 +198,14 @@ def main() -> None:
     print(
         f"oneDNN chunks, NHWC, cached / recomputed 1x1 inverses (alternating medians): {cache:.3f}"
     )
+    if args.compile:
+        with channels_last_weights(glow), glow.cached_1x1_inverses():
+            ratio, seconds, difference = _compile_ratio(in_chunks, z, args.repeats)
+        print(
+            f"oneDNN chunks, NHWC, cached, torch.compile / eager (alternating medians): "
+            f"{ratio:.3f}; compiling took {seconds:.1f} s, gradients differ by up to "
+            f"{difference:.2g} of their largest entry"
+        )
 
 
 if __name__ == "__main__":

@@ -216,3 +216,14 @@ def test_cache_ratio_times_blocks_that_compute_the_inverses_once(decoding_weight
     convolutions = sum(type(m).__name__ == "Invertible1x1Conv" for m in glow.modules())
     # Two cached blocks of three passes: the inverses computed once per block.
     assert len(decoding_weights_built) == 2 * convolutions
+
+
+def test_compile_ratio_times_the_compiled_decode_against_the_eager_one():
+    conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+    z = torch.randn(3, 8, requires_grad=True)
+    ratio, compile_seconds, difference = profile_decode._compile_ratio(
+        lambda latents: conv(latents.reshape(-1, 2, 2, 2)), z, repeats=4, block=2, backend="eager"
+    )
+    assert 0 < ratio < float("inf")
+    assert compile_seconds > 0
+    assert difference == 0.0  # the eager backend runs the same kernels
