@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(
                 f"{task:>10} {method:>13}: PSNR {row['psnr']:6.2f} dB  {row['seconds']:7.1f} s  "
-                f"{row['evaluations']:5d} evals ({row['image_evaluations']:6d} per image)  "
+                f"{row['evaluations']:5d} evals ({row['image_evaluations']:6d} image passes)  "
                 f"diverged {row['diverged']}  "
                 f"solve +{row['solve_peak_mb']:.1f} MB over {row['rss_before_mb']:.0f} MB",
                 flush=True,
