@@ -159,19 +159,22 @@ class _CurvatureMemory:
         """The two-loop recursion for batch rows ``rows`` with gradients ``grad`` ``(R, n)``."""
         written = self.written[rows]
         depth = min(int(written.max()), self.size) if rows.numel() else 0
-        slots = [(written - 1 - back) % self.size for back in range(depth)]
+        # Each row's pairs, newest first, gathered once: the loops below only take views, so a
+        # call pays a few hundred small operations instead of a gather per pair and loop.
+        back = torch.arange(depth, device=grad.device)[:, None]
+        slots = (written - 1 - back) % self.size
+        steps = self.steps[slots, rows]
+        grad_changes = self.grad_changes[slots, rows]
+        rhos = torch.where(back < written, self.rho[slots, rows], 0.0)
         q = grad.clone()
         alphas = []
-        for back, slot in enumerate(slots):
-            rho = torch.where(back < written, self.rho[slot, rows], 0.0)
-            alphas.append(rho * (self.steps[slot, rows] * q).sum(dim=1))
-            q -= alphas[-1][:, None] * self.grad_changes[slot, rows]
+        for step, grad_change, rho in zip(steps, grad_changes, rhos, strict=True):
+            alphas.append(rho * (step * q).sum(dim=1))
+            q -= alphas[-1][:, None] * grad_change
         r = self.initial_scale[rows, None] * q
-        for back in reversed(range(depth)):
-            slot = slots[back]
-            rho = torch.where(back < written, self.rho[slot, rows], 0.0)
-            beta = rho * (self.grad_changes[slot, rows] * r).sum(dim=1)
-            r += self.steps[slot, rows] * (alphas[back] - beta)[:, None]
+        for index in reversed(range(depth)):
+            beta = rhos[index] * (grad_changes[index] * r).sum(dim=1)
+            r += steps[index] * (alphas[index] - beta)[:, None]
         return -r
 
     def write(

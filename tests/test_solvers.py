@@ -8,7 +8,13 @@ import math
 import pytest
 import torch
 
-from deepinv_glowprior.solvers import SolverResult, _Evaluator, batched_adam, batched_lbfgs
+from deepinv_glowprior.solvers import (
+    SolverResult,
+    _CurvatureMemory,
+    _Evaluator,
+    batched_adam,
+    batched_lbfgs,
+)
 
 DOUBLE = torch.float64
 
@@ -644,3 +650,40 @@ def test_lbfgs_bad_second_attempt_options(options, error, match):
         batched_lbfgs(
             lambda z, rows=None: rosenbrock(z), torch.zeros(2, 3), max_iter=5, tol=0.0, **options
         )
+
+
+def textbook_direction(pairs: list[tuple[torch.Tensor, torch.Tensor]], grad: torch.Tensor):
+    """Nocedal and Wright's two-loop recursion on one sample's pairs, oldest first."""
+    q, alphas = grad.clone(), []
+    for step, change in reversed(pairs):
+        alphas.append((step @ q) / (step @ change))
+        q -= alphas[-1] * change
+    if pairs:
+        step, change = pairs[-1]
+        q *= (step @ change) / (change @ change)
+    for (step, change), alpha in zip(pairs, reversed(alphas), strict=True):
+        q += step * (alpha - (change @ q) / (step @ change))
+    return -q
+
+
+def test_curvature_memory_direction_is_the_textbook_two_loop_for_each_row():
+    generator = torch.Generator().manual_seed(0)
+    batch, dim, size = 5, 6, 4
+    memory = _CurvatureMemory(size, torch.zeros(batch, dim, dtype=DOUBLE))
+    kept: list[list] = [[] for _ in range(batch)]
+    # Rows write at their own pace, past the ring's end, and some pairs are skipped.
+    for iteration in range(11):
+        rows = torch.tensor([row for row in range(batch) if (iteration + row) % 3 != 0])
+        step = torch.randn(len(rows), dim, generator=generator, dtype=DOUBLE)
+        change = step + 0.3 * torch.randn(len(rows), dim, generator=generator, dtype=DOUBLE)
+        change[rows == 2] = -step[rows == 2]  # negative curvature: not kept
+        memory.write(rows, step, change, torch.ones(len(rows), dtype=torch.bool))
+        for index, row in enumerate(rows.tolist()):
+            kept[row].append((step[index], change[index]) if row != 2 else None)
+    rows = torch.tensor([3, 0, 4, 2])  # any order, any subset
+    grad = torch.randn(len(rows), dim, generator=generator, dtype=DOUBLE)
+    direction = memory.direction(grad, rows)
+    for index, row in enumerate(rows.tolist()):
+        pairs = [pair for pair in kept[row][-size:] if pair is not None]
+        expected = textbook_direction(pairs, grad[index])
+        torch.testing.assert_close(direction[index], expected)
