@@ -35,6 +35,7 @@ import contextlib
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -71,25 +72,51 @@ GROUPS = {
 }
 
 
+def _decode_and_backward(decode, z: torch.Tensor) -> torch.Tensor:
+    """One pass, the unit a solver iteration pays; returns ``z``'s gradient."""
+    z.grad = None
+    decode(z).pow(2).sum().backward()
+    return z.grad
+
+
+def _alternating_medians(
+    variants: dict[object, tuple[Callable[[], contextlib.AbstractContextManager], Callable]],
+    z: torch.Tensor,
+    repeats: int,
+    block: int,
+) -> dict[object, float]:
+    """Median seconds of a pass of each ``decode`` of ``variants`` (``key: (context, decode)``):
+    blocks of ``block + 1`` passes of each in turn, each block inside its own ``context()``,
+    until each has ``repeats`` timed passes; a block's first pass is left out, so one-off work
+    (computing a cache, compiling) is not timed. Alternating lets the machine's drifts reach
+    every variant."""
+    seconds: dict[object, list[float]] = {key: [] for key in variants}
+    while min(len(times) for times in seconds.values()) < repeats:
+        for key, (context, decode) in variants.items():
+            with context():
+                for index in range(block + 1):
+                    started = time.perf_counter()
+                    _decode_and_backward(decode, z)
+                    if index:
+                        seconds[key].append(time.perf_counter() - started)
+    return {key: statistics.median(times) for key, times in seconds.items()}
+
+
 def _profile(decode, z: torch.Tensor, repeats: int) -> tuple[dict[str, float], float, float]:
     """Shares of the operator groups, seconds per step under the profiler, and the median
     seconds per step without it (the profiler's per-operator cost blurs small differences)."""
 
-    def step() -> None:
-        z.grad = None
-        decode(z).pow(2).sum().backward()
-
     for _ in range(2):
-        step()
+        _decode_and_backward(decode, z)
     started = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(repeats):
-            step()
+            _decode_and_backward(decode, z)
     seconds = (time.perf_counter() - started) / repeats
     plain = []
     for _ in range(repeats):
         started = time.perf_counter()
-        step()
+        _decode_and_backward(decode, z)
         plain.append(time.perf_counter() - started)
     shares = dict.fromkeys(GROUPS, 0.0)
     total = 0.0
@@ -110,18 +137,13 @@ def _cache_ratio(decode, glow, z: torch.Tensor, repeats: int, block: int = 5) ->
     NHWC chunks: blocks of ``block`` passes of each, alternating, until each has ``repeats``.
     A cached block's first pass, which computes the inverses, is left out (a solve computes
     them once for hundreds of passes), and so is an uncached block's, to treat both alike."""
-    seconds: dict[bool, list[float]] = {True: [], False: []}
+    variants = {
+        "cached": (glow.cached_1x1_inverses, decode),
+        "recomputed": (contextlib.nullcontext, decode),
+    }
     with channels_last_weights(glow):
-        while len(seconds[False]) < repeats:
-            for cached in (True, False):
-                with glow.cached_1x1_inverses() if cached else contextlib.nullcontext():
-                    for index in range(block + 1):
-                        z.grad = None
-                        started = time.perf_counter()
-                        decode(z).pow(2).sum().backward()
-                        if index:
-                            seconds[cached].append(time.perf_counter() - started)
-    return statistics.median(seconds[True]) / statistics.median(seconds[False])
+        medians = _alternating_medians(variants, z, repeats, block)
+    return medians["cached"] / medians["recomputed"]
 
 
 def _compile_ratio(
@@ -132,29 +154,19 @@ def _compile_ratio(
     ``torch.compile``: blocks of ``block`` passes of each, alternating, until each has
     ``repeats`` (a block's first pass left out)."""
     compiled = torch.compile(decode, backend=backend, dynamic=False)
-
-    def gradient(function) -> torch.Tensor:
-        z.grad = None
-        function(z).pow(2).sum().backward()
-        return z.grad.clone()
-
     started = time.perf_counter()
-    compiled_gradient = gradient(compiled)
+    compiled_gradient = _decode_and_backward(compiled, z).clone()
     compile_seconds = time.perf_counter() - started
-    eager_gradient = gradient(decode)
+    eager_gradient = _decode_and_backward(decode, z).clone()
     difference = float(
         (compiled_gradient - eager_gradient).abs().max() / eager_gradient.abs().max()
     )
-    seconds: dict[bool, list[float]] = {True: [], False: []}
-    while len(seconds[False]) < repeats:
-        for is_compiled, function in ((True, compiled), (False, decode)):
-            for index in range(block + 1):
-                started = time.perf_counter()
-                gradient(function)
-                if index:
-                    seconds[is_compiled].append(time.perf_counter() - started)
-    ratio = statistics.median(seconds[True]) / statistics.median(seconds[False])
-    return ratio, compile_seconds, difference
+    variants = {
+        "compiled": (contextlib.nullcontext, compiled),
+        "eager": (contextlib.nullcontext, decode),
+    }
+    medians = _alternating_medians(variants, z, repeats, block)
+    return medians["compiled"] / medians["eager"], compile_seconds, difference
 
 
 def main() -> None:
