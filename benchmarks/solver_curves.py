@@ -236,6 +236,9 @@ def _fmt(value) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-images", type=int, default=8)
+    parser.add_argument(
+        "--first-image", type=int, default=0, help="index of the first test digit (held-out runs)"
+    )
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"subset of {list(TASKS)}")
     parser.add_argument("--ours-iter", type=int, default=300, help="our max_iter")
     parser.add_argument("--every", type=int, default=5)
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
-    glow, x = load_glow_and_digits(args.num_images)
+    glow, x = load_glow_and_digits(args.num_images, args.first_image)
     traces = {}
     for task in tasks:
         kind, physics, y = measure(task, glow, x)

@@ -164,8 +164,9 @@ def _torch_lbfgs_coupled(glow, y, physics, gamma):
     return x, evaluations
 
 
-def load_glow_and_digits(num_images: int):
-    """The shipped ``mnist32`` Glow (frozen) and the first ``num_images`` MNIST test digits."""
+def load_glow_and_digits(num_images: int, first_image: int = 0):
+    """The shipped ``mnist32`` Glow (frozen) and ``num_images`` MNIST test digits from index
+    ``first_image`` on (the first ones by default)."""
     import torch
 
     from deepinv_glowprior import load_pretrained
@@ -173,7 +174,12 @@ def load_glow_and_digits(num_images: int):
 
     glow = load_pretrained("mnist32").requires_grad_(False)
     test = mnist("test")
-    return glow, torch.stack([test[i] for i in range(num_images)])
+    if num_images < 1 or first_image < 0 or first_image + num_images > len(test):
+        raise ValueError(
+            f"Digits {first_image} to {first_image + num_images - 1} are not all in the "
+            f"{len(test)} MNIST test digits; choose num_images >= 1 and first_image >= 0 that fit."
+        )
+    return glow, torch.stack([test[i] for i in range(first_image, first_image + num_images)])
 
 
 def measure(task: str, glow, x):

@@ -227,3 +227,15 @@ def test_compile_ratio_times_the_compiled_decode_against_the_eager_one():
     assert 0 < ratio < float("inf")
     assert compile_seconds > 0
     assert difference == 0.0  # the eager backend runs the same kernels
+
+
+def test_digits_can_start_past_the_first_ones_for_held_out_runs():
+    from deepinv_glowprior.data import mnist
+
+    _, digits = solver_speed.load_glow_and_digits(2, first_image=32)
+    test = mnist("test")
+    assert torch.equal(digits, torch.stack([test[32], test[33]]))
+    with pytest.raises(ValueError, match="not all in the"):
+        solver_speed.load_glow_and_digits(2, first_image=len(test) - 1)
+    with pytest.raises(ValueError, match="first_image >= 0"):
+        solver_speed.load_glow_and_digits(1, first_image=-1)
