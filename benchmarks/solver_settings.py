@@ -8,8 +8,9 @@ example, the stopping tolerances compared in the docs::
     OMP_NUM_THREADS=1 python benchmarks/solver_settings.py --num-images 8 \\
         --settings '{"default": {}, "tol1e-5": {"tol": 1e-5}, "tol1e-4": {"tol": 1e-4}}'
 
-``--misfits`` also lists the digits whose residual ends above :math:`3 m\\sigma^2`, the samples
-that ``retry_misfit`` solves again; for example, with and without the retry::
+``--first-image`` starts the digits past the first ones (held-out runs). ``--misfits`` also
+lists the digits whose residual ends above :math:`3 m\\sigma^2`, the samples that
+``retry_misfit`` solves again; for example, with and without the retry::
 
     OMP_NUM_THREADS=1 python benchmarks/solver_settings.py --num-images 32 --tasks cs0.25,cs0.5 \\
         --misfits --settings '{"no-retry": {"retry_misfit": null}, "default": {}}'
@@ -32,6 +33,9 @@ from solver_speed import GAMMA, TASKS, load_glow_and_digits, measure  # noqa: E4
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-images", type=int, default=8)
+    parser.add_argument(
+        "--first-image", type=int, default=0, help="index of the first test digit (held-out runs)"
+    )
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"subset of {list(TASKS)}")
     parser.add_argument(
         "--settings", default='{"default": {}}', help="JSON: name -> GlowReconstructor kwargs"
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
-    glow, x = load_glow_and_digits(args.num_images)
+    glow, x = load_glow_and_digits(args.num_images, args.first_image)
     psnr = dinv.metric.PSNR()
     for task in tasks:
         kind, physics, y = measure(task, glow, x)
@@ -78,19 +82,22 @@ def main(argv: list[str] | None = None) -> int:
             )
             if args.misfits:
                 print_misfits(
-                    solution.residual / (y[0].numel() * noise_sigma(physics) ** 2), values
+                    solution.residual / (y[0].numel() * noise_sigma(physics) ** 2),
+                    values,
+                    args.first_image,
                 )
     return 0
 
 
-def print_misfits(misfit, psnr_values) -> None:
+def print_misfits(misfit, psnr_values, first_image: int = 0) -> None:
     """Each digit whose residual is above 3 m sigma^2 (the default ``retry_misfit``), with its
-    PSNR, and the largest ratio among the others."""
+    PSNR, and the largest ratio among the others; digits by test-set index (the batch's rows
+    from ``first_image`` on)."""
     above = (misfit > 3).nonzero().squeeze(1).tolist()
     for digit in above:
         print(
-            f"{'':>24}digit {digit}: residual {float(misfit[digit]):.3g} x m sigma^2, "
-            f"PSNR {float(psnr_values[digit]):.2f} dB"
+            f"{'':>24}digit {first_image + digit}: residual {float(misfit[digit]):.3g} "
+            f"x m sigma^2, PSNR {float(psnr_values[digit]):.2f} dB"
         )
     rest = [float(value) for i, value in enumerate(misfit) if i not in above]
     if rest:

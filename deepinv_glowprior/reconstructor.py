@@ -44,6 +44,7 @@ _NO_PROGRESS_RTOL = 1e-6  # relative decrease below which a sample made no progr
 _MANY_HALVINGS = 4.0  # mean step shrink per iteration, in halvings: lr >= 16x too large
 _MANY_REJECTED = 0.1  # fraction of trial steps rejected as non-finite
 _RANGE_MARGIN = 1.0  # G(z) beyond [-margin, 1 + margin] before clamping: y is off-scale
+_MISFIT_LEFT = 100.0  # residual in units of m sigma^2 that, after the retry, y is not explained
 # The retry of misfit samples starts like the reference protocol at CS, with steps of 0.1, for
 # this fraction of its iterations (50 of the default 300).
 _RETRY_DAMPED_FRACTION = 1 / 6
@@ -150,8 +151,10 @@ class GlowReconstructor(Reconstructor):
     has very few entries for the image size (:math:`m/n < 0.02`); a sample's objective did not
     decrease from its start (e.g. a huge ``gamma`` or ``lr``); the steps taken were on average
     16 or more times shorter than ``lr`` (``lr`` far too large); more than 10% of the trial
-    points were non-finite; or :math:`G(z)` left :math:`[0, 1]` by more than 1 before clamping
-    (``y`` off-scale, e.g. not divided by 255). Well-posed problems at the defaults give none.
+    points were non-finite; :math:`G(z)` left :math:`[0, 1]` by more than 1 before clamping
+    (``y`` off-scale, e.g. not divided by 255); or, where misfits are retried, a sample's
+    residual is still above :math:`100\, m\sigma^2` after its retry (the warning names the
+    samples; ``restarts`` rescues some). Well-posed problems at the defaults give none.
 
     :param Glow glow: a trained (ActNorm-initialised) Glow.
     :param float | str gamma: regularisation weight, or ``"auto"``.
@@ -550,8 +553,25 @@ class GlowReconstructor(Reconstructor):
             best = solution if best is None else _keep_better(best, solution)
         if noise_energy is not None:
             best = self._retry_misfits(y, physics, gamma, best, noise_energy)
+            self._warn_if_misfits_left(best, noise_energy)
         self._diagnose(best, stuck)
         return best
+
+    def _warn_if_misfits_left(self, solution: GlowSolution, noise_energy: float) -> None:
+        """Warn about samples whose residual is still far above the noise after the retry."""
+        left = (solution.residual > _MISFIT_LEFT * noise_energy).nonzero().squeeze(1).tolist()
+        if not left:
+            return
+        shown = ", ".join(map(str, left[:10])) + (", ..." if len(left) > 10 else "")
+        warnings.warn(
+            f"{len(left)} of {len(solution.residual)} sample(s) (index {shown}) still leave a "
+            f"residual above {_MISFIT_LEFT:g} times the noise energy m*sigma^2 after the retry, "
+            "so their reconstruction does not explain y: a local minimum, too few iterations "
+            "(see last_solution.iterations), or an image far from the Glow's training data. "
+            "restarts=4 (random starts, the lowest objective kept) rescues some local minima; "
+            "last_solution.residual holds every sample's residual.",
+            stacklevel=4,
+        )
 
     @property
     def _stuck_iter(self) -> int:

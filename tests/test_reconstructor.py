@@ -282,6 +282,26 @@ def test_retry_misfit_solves_again_only_the_misfit_samples(glow):
     torch.testing.assert_close(retried.residual, expected, atol=1e-4, rtol=1e-3)
 
 
+def test_samples_still_misfit_after_the_retry_are_named_in_a_warning(glow):
+    # Three iterations (and three more in the retry) leave some residuals above 100 m sigma^2.
+    physics = compressed_sensing(40, 0.01)
+    y = physics(in_distribution(glow, 6, seed=21))
+    model = GlowReconstructor(glow, max_iter=3)
+    with pytest.warns(UserWarning, match="after the retry") as record:
+        solution = model.solve(y, physics)
+    left = (solution.residual > 100 * y[0].numel() * 0.01**2).nonzero().squeeze(1).tolist()
+    assert 0 < len(left) < len(y)
+    (message,) = [str(w.message) for w in record if "after the retry" in str(w.message)]
+    assert message.startswith(
+        f"{len(left)} of {len(y)} sample(s) (index {', '.join(map(str, left))}) still leave"
+    )
+    fitted = [i for i in range(len(y)) if i not in left]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*(torch.lu|lu_unpack).*")
+        model.solve(y[fitted], physics)
+
+
 def test_retry_misfit_keeps_batch_invariance(glow64):
     physics = compressed_sensing(40, 0.01)
     physics.to(torch.float64)
