@@ -44,7 +44,7 @@ _NO_PROGRESS_RTOL = 1e-6  # relative decrease below which a sample made no progr
 _MANY_HALVINGS = 4.0  # mean step shrink per iteration, in halvings: lr >= 16x too large
 _MANY_REJECTED = 0.1  # fraction of trial steps rejected as non-finite
 _RANGE_MARGIN = 1.0  # G(z) beyond [-margin, 1 + margin] before clamping: y is off-scale
-_MISFIT_LEFT = 100.0  # residual in units of m sigma^2 that, after the retry, y is not explained
+_MISFIT_LEFT = 100.0  # residual (in m sigma^2) above which, after the retry, y is not explained
 # The retry of misfit samples starts like the reference protocol at CS, with steps of 0.1, for
 # this fraction of its iterations (50 of the default 300).
 _RETRY_DAMPED_FRACTION = 1 / 6
