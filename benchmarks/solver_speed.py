@@ -172,13 +172,13 @@ def load_glow_and_digits(num_images: int, first_image: int = 0):
     from deepinv_glowprior import load_pretrained
     from deepinv_glowprior.data import mnist
 
-    glow = load_pretrained("mnist32").requires_grad_(False)
     test = mnist("test")
     if num_images < 1 or first_image < 0 or first_image + num_images > len(test):
         raise ValueError(
             f"Digits {first_image} to {first_image + num_images - 1} are not all in the "
             f"{len(test)} MNIST test digits; choose num_images >= 1 and first_image >= 0 that fit."
         )
+    glow = load_pretrained("mnist32").requires_grad_(False)
     return glow, torch.stack([test[i] for i in range(first_image, first_image + num_images)])
 
 

@@ -553,25 +553,8 @@ class GlowReconstructor(Reconstructor):
             best = solution if best is None else _keep_better(best, solution)
         if noise_energy is not None:
             best = self._retry_misfits(y, physics, gamma, best, noise_energy)
-            self._warn_if_misfits_left(best, noise_energy)
-        self._diagnose(best, stuck)
+        self._diagnose(best, stuck, noise_energy)
         return best
-
-    def _warn_if_misfits_left(self, solution: GlowSolution, noise_energy: float) -> None:
-        """Warn about samples whose residual is still far above the noise after the retry."""
-        left = (solution.residual > _MISFIT_LEFT * noise_energy).nonzero().squeeze(1).tolist()
-        if not left:
-            return
-        shown = ", ".join(map(str, left[:10])) + (", ..." if len(left) > 10 else "")
-        warnings.warn(
-            f"{len(left)} of {len(solution.residual)} sample(s) (index {shown}) still leave a "
-            f"residual above {_MISFIT_LEFT:g} times the noise energy m*sigma^2 after the retry, "
-            "so their reconstruction does not explain y: a local minimum, too few iterations "
-            "(see last_solution.iterations), or an image far from the Glow's training data. "
-            "restarts=4 (random starts, the lowest objective kept) rescues some local minima; "
-            "last_solution.residual holds every sample's residual.",
-            stacklevel=4,
-        )
 
     @property
     def _stuck_iter(self) -> int:
@@ -714,9 +697,30 @@ class GlowReconstructor(Reconstructor):
         self._diagnose(solution, None)
         return solution
 
-    def _diagnose(self, solution: GlowSolution, stuck: torch.Tensor | None) -> None:
-        """Warn about finite results that should not be trusted (see the class docstring)."""
+    def _diagnose(
+        self,
+        solution: GlowSolution,
+        stuck: torch.Tensor | None,
+        noise_energy: float | None = None,
+    ) -> None:
+        """Warn about finite results that should not be trusted (see the class docstring);
+        ``noise_energy`` (:math:`m\\sigma^2`, where misfits are retried) flags the samples still
+        far from ``y`` after their retry."""
         batch = solution.z.shape[0]
+        if noise_energy is not None:
+            left = (solution.residual > _MISFIT_LEFT * noise_energy).nonzero().squeeze(1).tolist()
+            if left:
+                shown = ", ".join(map(str, left[:10])) + (", ..." if len(left) > 10 else "")
+                warnings.warn(
+                    f"{len(left)} of {batch} sample(s) (index {shown}) still leave a residual "
+                    f"above {_MISFIT_LEFT:g} times the noise energy m*sigma^2 after the retry, "
+                    "so their reconstruction does not explain y: a local minimum, too few "
+                    "iterations (see last_solution.iterations), or an image far from the Glow's "
+                    "training data. restarts=4 (random starts, the lowest objective kept) "
+                    "rescues some local minima; last_solution.residual holds every sample's "
+                    "residual.",
+                    stacklevel=4,
+                )
         if stuck is not None and bool(stuck.any()):
             default_lr = _DEFAULTS[self.optimizer]["lr"]
             if self.lr > default_lr:
