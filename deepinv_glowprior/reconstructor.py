@@ -145,6 +145,15 @@ class GlowReconstructor(Reconstructor):
     fallen by less than half over the last tenth) starts that retry at once, beside its first
     attempt, which goes on: the same two solves, finished sooner.
 
+    ``init`` can be a classical deepinv reconstructor :math:`R` (for instance
+    :func:`~deepinv_glowprior.baselines.total_variation`), a warm start: each sample starts at
+    :math:`z_0 = G^{-1}(\mathrm{clamp}(R(y), 0, 1))`, or at :math:`z_0 = 0` where that latent
+    is atypical for the Glow (:math:`\|z_0\| > \sqrt n`, the radius of the bulk of
+    :math:`\mathcal{N}(0, I_n)`; solves from large latents end lower) or :math:`R(y)` is not
+    finite; misfit samples are retried from :math:`z = 0`. It pays where :math:`R(y)` is
+    already close to the truth (CS with many measurements) and costs where the data leave pixels
+    free, which keep :math:`R`'s guess (inpainting); see the user guide for measurements.
+
     Works under ``torch.no_grad()`` callers such as :func:`deepinv.test`.
 
     Results are always finite, but a ``UserWarning`` says when one is not to be trusted: ``y``
@@ -161,8 +170,9 @@ class GlowReconstructor(Reconstructor):
     :param str | None regularizer: ``"l2sq"``, ``"l2"``, ``"nll"`` or ``None``.
     :param init: ``"zero"``, ``"random"`` (:math:`\mathcal{N}(0, \mathrm{init\_std}^2 I)`),
         ``"pinv"`` (:math:`G^{-1}(\mathrm{clamp}(A^\dagger y, 0, 1))`, falling back to zero with a
-        warning when that latent is non-finite or huge), a latent tensor ``(B, n)`` or ``(n,)``, or
-        a callable ``init(y, physics) -> z``.
+        warning when that latent is non-finite or huge), a deepinv
+        :class:`~deepinv.models.Reconstructor` ``R`` (a warm start, see below), a latent tensor
+        ``(B, n)`` or ``(n,)``, or a callable ``init(y, physics) -> z``.
     :param float init_std: standard deviation of random initialisations.
     :param int restarts: solves per sample; restarts after the first start from random latents,
         and each sample keeps its lowest objective.
@@ -262,7 +272,10 @@ class GlowReconstructor(Reconstructor):
         if regularizer not in REGULARIZERS:
             raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {regularizer!r}.")
         if isinstance(init, str) and init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, a tensor or a callable, got {init!r}.")
+            raise ValueError(
+                f"init must be one of {INITS}, a deepinv Reconstructor, a tensor or a callable, "
+                f"got {init!r}."
+            )
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}.")
         if line_search not in ("armijo", "guard"):
@@ -503,6 +516,8 @@ class GlowReconstructor(Reconstructor):
             return torch.zeros(batch, dim, device=device, dtype=dtype)
         if isinstance(self.init, str) and self.init == "pinv":
             return self._pinv_latent(y, physics)
+        if isinstance(self.init, Reconstructor):
+            return self._warm_latent(y, physics)
         z0 = self.init(y, physics) if callable(self.init) else self.init
         z0 = torch.as_tensor(z0).to(device=device, dtype=dtype)
         if z0.dim() == 1:
@@ -513,6 +528,24 @@ class GlowReconstructor(Reconstructor):
             )
         check_finite_tensor(z0, name="init")
         return z0.clone()
+
+    def _warm_latent(self, y: torch.Tensor, physics) -> torch.Tensor:
+        """:math:`G^{-1}` of the ``init`` reconstructor's images, zero where an image is not
+        finite or its latent is atypical (norm above :math:`\\sqrt n`)."""
+        with torch.no_grad():
+            x0 = self.init(y, physics)
+            name = f"init ({type(self.init).__name__})"
+            if not isinstance(x0, torch.Tensor) or tuple(x0.shape) != (len(y), *self.glow.img_size):
+                shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
+                raise ValueError(
+                    f"{name} must return images of shape ({len(y)}, "
+                    f"{', '.join(map(str, self.glow.img_size))}) for the Glow, got {shape}."
+                )
+            x0 = x0.to(device=self.glow.device, dtype=self.glow.dtype)
+            broken = ~torch.isfinite(x0).flatten(1).all(dim=1)
+            z0, _ = self._as_in_a_batch(self.glow._encode, x0.nan_to_num(0.0).clamp(0, 1))
+        typical = torch.isfinite(z0).all(dim=1) & (z0.norm(dim=1) <= math.sqrt(z0.shape[1]))
+        return torch.where((typical & ~broken)[:, None], z0, 0.0)
 
     def _pinv_latent(self, y: torch.Tensor, physics) -> torch.Tensor:
         with torch.no_grad():
@@ -607,7 +640,10 @@ class GlowReconstructor(Reconstructor):
                     done_evaluations + evaluations,
                 )
 
-        z0 = self._initial_latent(y, physics, 0)[rows]
+        if isinstance(self.init, Reconstructor):  # the warm start may be why they misfit
+            z0 = torch.zeros_like(solution.z[rows])
+        else:
+            z0 = self._initial_latent(y, physics, 0)[rows]
         retry = self._solve_fixed_gamma(
             y[rows],
             physics,

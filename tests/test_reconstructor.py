@@ -11,6 +11,7 @@ import warnings
 import deepinv as dinv
 import pytest
 import torch
+from deepinv.models import Reconstructor
 from helpers import TINY, train_tiny_glow
 
 from deepinv_glowprior import Glow, GlowReconstructor, GlowSolution
@@ -521,6 +522,77 @@ def test_non_finite_init(glow):
     y = physics(in_distribution(glow, 2, seed=11))
     with pytest.raises(ValueError, match="init holds"):
         GlowReconstructor(glow, init=torch.full((N,), math.nan), max_iter=5)(y, physics)
+
+
+class _GivenImages(Reconstructor):
+    """A reconstructor that returns fixed images and records its calls."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        super().__init__()
+        self.images = images
+        self.calls: list = []
+
+    def forward(self, y, physics, **kwargs):
+        self.calls.append((y.shape, physics))
+        return self.images
+
+
+def test_a_reconstructor_as_init_starts_from_the_latents_of_its_images(glow):
+    z_true = 0.4 * torch.randn(2, N, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        x_true = glow.decode(z_true).clamp(0, 1)
+    physics = compressed_sensing(N)
+    y = physics(x_true)
+    warm = _GivenImages(x_true)
+    solution = GlowReconstructor(glow, init=warm, max_iter=50).solve(y, physics)
+    assert warm.calls == [(y.shape, physics)]
+    # Started at the answer: the solver stops at once and returns it.
+    assert bool((solution.iterations <= 2).all())
+    torch.testing.assert_close(solution.x, x_true, atol=1e-4, rtol=0)
+    from_zero = GlowReconstructor(glow, max_iter=50).solve(y, physics)
+    assert bool((from_zero.iterations > 2).all())
+
+
+def test_a_warm_start_falls_back_to_zero_for_atypical_latents_and_broken_images(glow):
+    images = torch.cat(
+        [in_distribution(glow, 1, seed=12), torch.rand(2, *IMG, generator=torch.Generator())]
+    )
+    images[2, 0, 0, 0] = math.nan
+    with torch.no_grad():
+        norms = glow.encode(images[:2])[0].norm(dim=1)
+    assert float(norms[0]) < math.sqrt(N) < float(norms[1])  # noise is atypical for the Glow
+    physics = denoising(0.1)
+    y = physics(images.nan_to_num(0.5))
+    start = GlowReconstructor(glow, init=_GivenImages(images))._initial_latent(y, physics, 0)
+    with torch.no_grad():
+        torch.testing.assert_close(start[0], glow.encode(images[:1])[0][0], atol=1e-5, rtol=0)
+    assert not bool(start[1:].any())
+
+
+@pytest.mark.parametrize("images", [torch.rand(2, 1, 4, 4), torch.rand(3, *IMG), "an image"])
+def test_a_warm_start_must_return_one_image_per_sample_of_the_glows_size(glow, images):
+    physics = denoising(0.1)
+    y = physics(in_distribution(glow, 2, seed=13))
+    model = GlowReconstructor(glow, init=_GivenImages(images), max_iter=5)
+    with pytest.raises(ValueError, match=r"init \(_GivenImages\) must return images of shape"):
+        model(y, physics)
+
+
+def test_misfits_of_a_warm_start_are_retried_from_zero(glow, monkeypatch):
+    physics, y, _, _ = misfit_case(glow)
+    starts = []
+    solve_fixed_gamma = GlowReconstructor._solve_fixed_gamma
+
+    def record_start(self, y, physics, gamma, z0, **kwargs):
+        starts.append(z0.clone())
+        return solve_fixed_gamma(self, y, physics, gamma, z0, **kwargs)
+
+    monkeypatch.setattr(GlowReconstructor, "_solve_fixed_gamma", record_start)
+    warm = _GivenImages(in_distribution(glow, len(y), seed=22))  # other images: misfits
+    GlowReconstructor(glow, init=warm, max_iter=10, retry_misfit=1e-6).solve(y, physics)
+    first, retry = starts
+    assert bool(first.any(dim=1).all())
+    assert retry.shape == first.shape and not bool(retry.any())
 
 
 # -- optimisers and presets ----------------------------------------------------------------------

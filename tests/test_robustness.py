@@ -191,6 +191,13 @@ def compressed_sensing(m: int, img_size=IMG, sigma: float = 0.01) -> dinv.physic
     return physics
 
 
+class _QuarterSizeImages(dinv.models.Reconstructor):
+    """A warm start that returns images of the wrong size."""
+
+    def forward(self, y, physics, **kwargs):
+        return torch.zeros(len(y), 1, 4, 4)
+
+
 class _DenoisingWithStrayBuffer(dinv.physics.Denoising):
     """A physics holding one tensor on another device ('meta' stands in for a GPU)."""
 
@@ -616,6 +623,10 @@ BAD_INPUTS: list[Case] = [
          reconstruct(measured, init=torch.zeros(3, N))),
     Case("forward-init-nan", "GlowReconstructor.forward", "init latent holding NaN",
          ValueError, "init holds", reconstruct(measured, init=torch.full((N,), math.nan))),
+    Case("forward-warm-start-size", "GlowReconstructor.forward",
+         "init a reconstructor returning 4x4 images for an 8x8 Glow", ValueError,
+         r"init \(_QuarterSizeImages\) must return images of shape \(2, 1, 8, 8\)",
+         reconstruct(measured, init=_QuarterSizeImages())),
     # tasks.make_physics
     Case("physics-unknown-task", "tasks.make_physics", "task='deblur'", ValueError,
          "task must be 'cs', 'denoising' or 'inpainting'",
