@@ -292,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "ours": GlowReconstructor(glow, gamma=gamma, max_iter=args.ours_iter, init=init),
         }
+        if args.warm_start:
+            warm = int(models["ours"]._initial_latent(y, physics, 0).any(dim=1).sum())
+            print(f"{task:>10}: {warm} of {len(y)} digits start from total variation's latent")
         traces[task] = {
             name: trace_solver(model, y, physics, x, args.every) for name, model in models.items()
         }

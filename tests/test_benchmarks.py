@@ -239,3 +239,25 @@ def test_digits_can_start_past_the_first_ones_for_held_out_runs():
         solver_speed.load_glow_and_digits(2, first_image=len(test) - 1)
     with pytest.raises(ValueError, match="first_image >= 0"):
         solver_speed.load_glow_and_digits(1, first_image=-1)
+
+
+def test_warm_start_lambda_is_the_best_on_validation_digits(capsys):
+    import deepinv as dinv
+
+    from deepinv_glowprior.baselines import LAMBDA_GRID, total_variation
+    from deepinv_glowprior.data import mnist
+    from deepinv_glowprior.tasks import make_physics
+
+    glow, _ = solver_speed.load_glow_and_digits(1)
+    physics = make_physics("cs", glow.img_size, seed=0, ratio=0.5)
+    chosen = solver_curves.tuned_total_variation("cs0.5", physics, glow, num_images=1)
+    assert chosen.lam in LAMBDA_GRID
+    assert f"lambda {chosen.lam:g}" in capsys.readouterr().out
+    # No other lambda of the grid does better on those digits, measured the same way.
+    images = mnist("val")[0][None]
+    torch.manual_seed(0)
+    y = physics(images)
+    psnr = dinv.metric.PSNR()
+    best = float(psnr(total_variation(chosen.lam)(y, physics), images).mean())
+    other = min(LAMBDA_GRID, key=lambda lam: abs(lam - 10 * chosen.lam))
+    assert best >= float(psnr(total_variation(other)(y, physics), images).mean())
