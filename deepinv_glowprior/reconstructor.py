@@ -210,10 +210,11 @@ class GlowReconstructor(Reconstructor):
         bits independent of its chunk; otherwise PyTorch's native convolutions (oneDNN, NNPACK
         and cuDNN switched off during the solve; on CPU a decode and backward pass then takes
         about 1.4x as long as in the chunks for ``mnist32``). ``physics.A`` (and
-        ``physics.A_dagger`` for ``init="pinv"``) is applied sample by sample (unless the
-        physics holds per-sample parameters), and a lone sample is decoded with a copy of itself
-        for company. The kernel switches are torch's global backend flags, restored after the
-        solve: other threads of the process running convolutions meanwhile get them too.
+        ``physics.A_dagger`` for ``init="pinv"``, or a reconstructor given as ``init``) is
+        applied sample by sample (unless the physics holds per-sample parameters), and a lone
+        sample is decoded with a copy of itself for company. The kernel switches are torch's
+        global backend flags, restored after the solve: other threads of the process running
+        convolutions meanwhile get them too.
     :param bool progress: show progress bars.
     :param IterationCallback callback: called after each solver iteration with the iteration
         number, the best latents so far ``(B, n)`` and the single-sample Glow evaluations so far
@@ -533,19 +534,23 @@ class GlowReconstructor(Reconstructor):
         """:math:`G^{-1}` of the ``init`` reconstructor's images, zero where an image is not
         finite or its latent is atypical (norm above :math:`\\sqrt n`)."""
         with torch.no_grad():
-            x0 = self.init(y, physics)
-            name = f"init ({type(self.init).__name__})"
-            if not isinstance(x0, torch.Tensor) or tuple(x0.shape) != (len(y), *self.glow.img_size):
-                shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
-                raise ValueError(
-                    f"{name} must return images of shape ({len(y)}, "
-                    f"{', '.join(map(str, self.glow.img_size))}) for the Glow, got {shape}."
-                )
-            x0 = x0.to(device=self.glow.device, dtype=self.glow.dtype)
+            x0 = self._per_sample(lambda rows: self._warm_images(rows, physics), y)
             broken = ~torch.isfinite(x0).flatten(1).all(dim=1)
             z0, _ = self._as_in_a_batch(self.glow._encode, x0.nan_to_num(0.0).clamp(0, 1))
         typical = torch.isfinite(z0).all(dim=1) & (z0.norm(dim=1) <= math.sqrt(z0.shape[1]))
         return torch.where((typical & ~broken)[:, None], z0, 0.0)
+
+    def _warm_images(self, y: torch.Tensor, physics) -> torch.Tensor:
+        """The ``init`` reconstructor's images of ``y``, checked against the Glow's size."""
+        x0 = self.init(y, physics)
+        if not isinstance(x0, torch.Tensor) or tuple(x0.shape) != (len(y), *self.glow.img_size):
+            shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
+            raise ValueError(
+                f"init ({type(self.init).__name__}) must return one image of the Glow's size "
+                f"{self.glow.img_size} per measurement, shape ({len(y)}, "
+                f"{', '.join(map(str, self.glow.img_size))}) here, got {shape}."
+            )
+        return x0.to(device=self.glow.device, dtype=self.glow.dtype)
 
     def _pinv_latent(self, y: torch.Tensor, physics) -> torch.Tensor:
         with torch.no_grad():

@@ -16,6 +16,7 @@ from helpers import TINY, train_tiny_glow
 
 from deepinv_glowprior import Glow, GlowReconstructor, GlowSolution
 from deepinv_glowprior import reconstructor as reconstructor_module
+from deepinv_glowprior.baselines import total_variation
 from deepinv_glowprior.reconstructor import noise_sigma
 
 IMG = TINY["img_size"]
@@ -525,16 +526,20 @@ def test_non_finite_init(glow):
 
 
 class _GivenImages(Reconstructor):
-    """A reconstructor that returns fixed images and records its calls."""
+    """A reconstructor that returns fixed images: ``images[i]`` for the measurement ``y[i]``
+    (``images`` as they are without ``y``). Records the batch sizes it is called with."""
 
-    def __init__(self, images: torch.Tensor) -> None:
+    def __init__(self, images, y: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.images = images
+        self.images, self.y = images, y
         self.calls: list = []
 
     def forward(self, y, physics, **kwargs):
-        self.calls.append((y.shape, physics))
-        return self.images
+        self.calls.append((len(y), physics))
+        if self.y is None:
+            return self.images
+        rows = [next(i for i, seen in enumerate(self.y) if torch.equal(seen, row)) for row in y]
+        return self.images[rows]
 
 
 def test_a_reconstructor_as_init_starts_from_the_latents_of_its_images(glow):
@@ -543,9 +548,9 @@ def test_a_reconstructor_as_init_starts_from_the_latents_of_its_images(glow):
         x_true = glow.decode(z_true).clamp(0, 1)
     physics = compressed_sensing(N)
     y = physics(x_true)
-    warm = _GivenImages(x_true)
+    warm = _GivenImages(x_true, y)
     solution = GlowReconstructor(glow, init=warm, max_iter=50).solve(y, physics)
-    assert warm.calls == [(y.shape, physics)]
+    assert warm.calls == [(1, physics), (1, physics)]  # one sample at a time (batch_invariant)
     # Started at the answer: the solver stops at once and returns it.
     assert bool((solution.iterations <= 2).all())
     torch.testing.assert_close(solution.x, x_true, atol=1e-4, rtol=0)
@@ -563,7 +568,7 @@ def test_a_warm_start_falls_back_to_zero_for_atypical_latents_and_broken_images(
     assert float(norms[0]) < math.sqrt(N) < float(norms[1])  # noise is atypical for the Glow
     physics = denoising(0.1)
     y = physics(images.nan_to_num(0.5))
-    start = GlowReconstructor(glow, init=_GivenImages(images))._initial_latent(y, physics, 0)
+    start = GlowReconstructor(glow, init=_GivenImages(images, y))._initial_latent(y, physics, 0)
     with torch.no_grad():
         torch.testing.assert_close(start[0], glow.encode(images[:1])[0][0], atol=1e-5, rtol=0)
     assert not bool(start[1:].any())
@@ -574,8 +579,18 @@ def test_a_warm_start_must_return_one_image_per_sample_of_the_glows_size(glow, i
     physics = denoising(0.1)
     y = physics(in_distribution(glow, 2, seed=13))
     model = GlowReconstructor(glow, init=_GivenImages(images), max_iter=5)
-    with pytest.raises(ValueError, match=r"init \(_GivenImages\) must return images of shape"):
+    with pytest.raises(ValueError, match=r"init \(_GivenImages\) must return one image of the"):
         model(y, physics)
+
+
+def test_a_warm_start_from_tv_keeps_batch_invariance(glow):
+    physics = compressed_sensing(40, 0.01)
+    y = physics(in_distribution(glow, 5, seed=23))
+    tv = total_variation(0.01, max_iter=100, inner_iter=10)
+    model = GlowReconstructor(glow, init=tv, max_iter=10)
+    warm = model._initial_latent(y, physics, 0).any(dim=1)
+    assert bool(warm[0]) and not bool(warm[1])  # one row of each kind
+    assert_alone_as_in_batch(model, y, physics, (0, 1))
 
 
 def test_misfits_of_a_warm_start_are_retried_from_zero(glow, monkeypatch):
@@ -588,7 +603,7 @@ def test_misfits_of_a_warm_start_are_retried_from_zero(glow, monkeypatch):
         return solve_fixed_gamma(self, y, physics, gamma, z0, **kwargs)
 
     monkeypatch.setattr(GlowReconstructor, "_solve_fixed_gamma", record_start)
-    warm = _GivenImages(in_distribution(glow, len(y), seed=22))  # other images: misfits
+    warm = _GivenImages(in_distribution(glow, len(y), seed=22), y)  # other images: misfits
     GlowReconstructor(glow, init=warm, max_iter=10, retry_misfit=1e-6).solve(y, physics)
     first, retry = starts
     assert bool(first.any(dim=1).all())
