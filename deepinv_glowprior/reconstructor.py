@@ -3,6 +3,7 @@ r"""Latent-space reconstruction with a Glow prior, as a deepinv Reconstructor.""
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -210,9 +211,10 @@ class GlowReconstructor(Reconstructor):
         bits independent of its chunk; otherwise PyTorch's native convolutions (oneDNN, NNPACK
         and cuDNN switched off during the solve; on CPU a decode and backward pass then takes
         about 1.4x as long as in the chunks for ``mnist32``). ``physics.A`` (and
-        ``physics.A_dagger`` for ``init="pinv"``, or a reconstructor given as ``init``) is
-        applied sample by sample (unless the physics holds per-sample parameters), and a lone
-        sample is decoded with a copy of itself for company. The kernel switches are torch's
+        ``physics.A_dagger`` for ``init="pinv"``, and ``A`` and ``A_adjoint`` for a
+        reconstructor given as ``init``, whose own arithmetic must not mix samples) is applied
+        sample by sample (unless the physics holds per-sample parameters), and a lone sample is
+        decoded with a copy of itself for company. The kernel switches are torch's
         global backend flags, restored after the solve: other threads of the process running
         convolutions meanwhile get them too.
     :param bool progress: show progress bars.
@@ -534,11 +536,24 @@ class GlowReconstructor(Reconstructor):
         """:math:`G^{-1}` of the ``init`` reconstructor's images, zero where an image is not
         finite or its latent is atypical (norm above :math:`\\sqrt n`)."""
         with torch.no_grad():
-            x0 = self._per_sample(lambda rows: self._warm_images(rows, physics), y)
+            x0 = self._warm_images(y, self._operators_per_sample(physics))
             broken = ~torch.isfinite(x0).flatten(1).all(dim=1)
             z0, _ = self._as_in_a_batch(self.glow._encode, x0.nan_to_num(0.0).clamp(0, 1))
         typical = torch.isfinite(z0).all(dim=1) & (z0.norm(dim=1) <= math.sqrt(z0.shape[1]))
         return torch.where((typical & ~broken)[:, None], z0, 0.0)
+
+    def _operators_per_sample(self, physics):
+        """``physics`` whose ``A`` and ``A_adjoint`` see one sample at a time when
+        ``batch_invariant`` asks for it: a reconstructor given as ``init`` then runs on the whole
+        batch (one TV solve, not one per sample) with products that do not depend on it."""
+        if not self.batch_invariant:
+            return physics
+        per_sample = copy.copy(physics)  # shares the operator's tensors; only the methods differ
+        per_sample.A = lambda x, **kwargs: self._per_sample(lambda r: physics.A(r, **kwargs), x)
+        per_sample.A_adjoint = lambda y, **kwargs: self._per_sample(
+            lambda r: physics.A_adjoint(r, **kwargs), y
+        )
+        return per_sample
 
     def _warm_images(self, y: torch.Tensor, physics) -> torch.Tensor:
         """The ``init`` reconstructor's images of ``y``, checked against the Glow's size."""

@@ -550,7 +550,7 @@ def test_a_reconstructor_as_init_starts_from_the_latents_of_its_images(glow):
     y = physics(x_true)
     warm = _GivenImages(x_true, y)
     solution = GlowReconstructor(glow, init=warm, max_iter=50).solve(y, physics)
-    assert warm.calls == [(1, physics), (1, physics)]  # one sample at a time (batch_invariant)
+    assert [size for size, _ in warm.calls] == [2]
     # Started at the answer: the solver stops at once and returns it.
     assert bool((solution.iterations <= 2).all())
     torch.testing.assert_close(solution.x, x_true, atol=1e-4, rtol=0)
