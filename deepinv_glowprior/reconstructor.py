@@ -537,10 +537,18 @@ class GlowReconstructor(Reconstructor):
         finite or its latent is atypical (norm above :math:`\\sqrt n`)."""
         with torch.no_grad():
             x0 = self._warm_images(y, self._operators_per_sample(physics))
-            broken = ~torch.isfinite(x0).flatten(1).all(dim=1)
-            z0, _ = self._as_in_a_batch(self.glow._encode, x0.nan_to_num(0.0).clamp(0, 1))
-        typical = torch.isfinite(z0).all(dim=1) & (z0.norm(dim=1) <= math.sqrt(z0.shape[1]))
-        return torch.where((typical & ~broken)[:, None], z0, 0.0)
+        broken = ~torch.isfinite(x0).flatten(1).all(dim=1)
+        z0, unusable = self._encoded_start(
+            x0.nan_to_num(0.0).clamp(0, 1), limit=math.sqrt(self.glow.latent_dim)
+        )
+        return torch.where((unusable | broken)[:, None], 0.0, z0)
+
+    def _encoded_start(self, x0: torch.Tensor, limit: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """:math:`G^{-1}(x_0)` (each row as in a batch) and which rows are unusable as a start:
+        a non-finite latent or one of norm above ``limit``."""
+        with torch.no_grad():
+            z0, _ = self._as_in_a_batch(self.glow._encode, x0)
+        return z0, ~torch.isfinite(z0).all(dim=1) | (z0.norm(dim=1) > limit)
 
     def _operators_per_sample(self, physics):
         """``physics`` whose ``A`` and ``A_adjoint`` see one sample at a time when
@@ -570,9 +578,8 @@ class GlowReconstructor(Reconstructor):
     def _pinv_latent(self, y: torch.Tensor, physics) -> torch.Tensor:
         with torch.no_grad():
             x0 = self._per_sample(physics.A_dagger, y).clamp(0, 1)
-            z0, _ = self._as_in_a_batch(self.glow._encode, x0)
         limit = 10 * math.sqrt(self.glow.latent_dim)
-        unsafe = ~torch.isfinite(z0).all(dim=1) | (z0.norm(dim=1) > limit)
+        z0, unsafe = self._encoded_start(x0, limit)
         if bool(unsafe.any()):
             warnings.warn(
                 f"init='pinv' gave non-finite or huge latents (norm > {limit:.0f}) for "
