@@ -80,6 +80,9 @@ class GlowSolution:
         solver's steps were, in halvings summed over iterations (all restarts and grid points).
     :param torch.Tensor retried: per sample ``(B,)``, whether it was solved again from its start
         with short first steps (``retry_misfit``), early or at the end.
+    :param torch.Tensor start: latents ``(B, n)`` the first solve started from, as ``init``
+        gave them (restarts and retries start elsewhere). With a reconstructor as ``init``, a
+        row of zeros is a sample that fell back to :math:`z_0 = 0`.
     """
 
     x: torch.Tensor
@@ -94,6 +97,7 @@ class GlowSolution:
     step_shrink: torch.Tensor | None = None
     sample_evaluations: int = 0
     retried: torch.Tensor | None = None
+    start: torch.Tensor | None = None
 
 
 def noise_sigma(physics) -> float:
@@ -603,9 +607,12 @@ class GlowReconstructor(Reconstructor):
                 )
 
         best: GlowSolution | None = None
+        first_start: torch.Tensor | None = None
         stuck = torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
         for restart in range(self.restarts):
             z0 = self._initial_latent(y, physics, restart)
+            if first_start is None:
+                first_start = z0.clone()
             solution = self._solve_fixed_gamma(y, physics, gamma, z0, is_stuck=is_stuck)
             start = solution.history[0]
             no_decrease = start - solution.objective <= _NO_PROGRESS_RTOL * start.abs()
@@ -613,6 +620,7 @@ class GlowReconstructor(Reconstructor):
             best = solution if best is None else _keep_better(best, solution)
         if noise_energy is not None:
             best = self._retry_misfits(y, physics, gamma, best, noise_energy)
+        best.start = first_start
         self._diagnose(best, stuck, noise_energy)
         return best
 
@@ -732,7 +740,7 @@ class GlowReconstructor(Reconstructor):
         batch = y.shape[0]
         decided = torch.zeros(batch, dtype=torch.bool, device=y.device)
         gamma = torch.full((batch,), self.gamma_grid[0] * sigma**2, device=y.device, dtype=y.dtype)
-        z = self._initial_latent(y, physics, 0)
+        z = start = self._initial_latent(y, physics, 0)
         solution = None
         total_iterations = torch.zeros(batch, dtype=torch.long, device=y.device)
         evaluations = sample_evaluations = 0
@@ -757,6 +765,7 @@ class GlowReconstructor(Reconstructor):
         solution.iterations = total_iterations
         solution.evaluations = evaluations
         solution.sample_evaluations = sample_evaluations
+        solution.start = start.clone()
         self._diagnose(solution, None)
         return solution
 

@@ -250,7 +250,8 @@ def test_warm_start_lambda_is_the_best_on_validation_digits(capsys):
 
     glow, _ = solver_speed.load_glow_and_digits(1)
     physics = make_physics("cs", glow.img_size, seed=0, ratio=0.5)
-    chosen = solver_curves.tuned_total_variation("cs0.5", physics, glow, num_images=1)
+    timed = solver_curves.tuned_total_variation("cs0.5", physics, glow, num_images=1)
+    chosen = timed.inner
     assert chosen.lam in LAMBDA_GRID
     assert f"lambda {chosen.lam:g}" in capsys.readouterr().out
     # No other lambda of the grid does better on those digits, measured the same way.
@@ -259,5 +260,7 @@ def test_warm_start_lambda_is_the_best_on_validation_digits(capsys):
     y = physics(images)
     psnr = dinv.metric.PSNR()
     best = float(psnr(total_variation(chosen.lam)(y, physics), images).mean())
+    assert timed.seconds == 0
+    assert torch.equal(timed(y, physics), chosen(y, physics)) and timed.seconds > 0
     other = min(LAMBDA_GRID, key=lambda lam: abs(lam - 10 * chosen.lam))
     assert best >= float(psnr(total_variation(other)(y, physics), images).mean())

@@ -568,7 +568,8 @@ def test_a_warm_start_falls_back_to_zero_for_atypical_latents_and_broken_images(
     assert float(norms[0]) < math.sqrt(N) < float(norms[1])  # noise is atypical for the Glow
     physics = denoising(0.1)
     y = physics(images.nan_to_num(0.5))
-    start = GlowReconstructor(glow, init=_GivenImages(images, y))._initial_latent(y, physics, 0)
+    model = GlowReconstructor(glow, init=_GivenImages(images, y), max_iter=2)
+    start = model.solve(y, physics).start
     with torch.no_grad():
         torch.testing.assert_close(start[0], glow.encode(images[:1])[0][0], atol=1e-5, rtol=0)
     assert not bool(start[1:].any())
@@ -604,10 +605,22 @@ def test_misfits_of_a_warm_start_are_retried_from_zero(glow, monkeypatch):
 
     monkeypatch.setattr(GlowReconstructor, "_solve_fixed_gamma", record_start)
     warm = _GivenImages(in_distribution(glow, len(y), seed=22), y)  # other images: misfits
-    GlowReconstructor(glow, init=warm, max_iter=10, retry_misfit=1e-6).solve(y, physics)
+    model = GlowReconstructor(glow, init=warm, max_iter=10, retry_misfit=1e-6)
+    model.solve(y, physics)
     first, retry = starts
     assert bool(first.any(dim=1).all())
     assert retry.shape == first.shape and not bool(retry.any())
+    assert torch.equal(model.last_solution.start, first)  # where init put them, not the retry's
+
+
+@pytest.mark.parametrize("settings", [{"restarts": 2}, {"gamma": "auto", "gamma_grid": (1, 0.1)}])
+def test_the_solution_keeps_where_init_started_each_sample(glow, settings):
+    physics = denoising(0.1)
+    y = physics(in_distribution(glow, 2, seed=24))
+    z0 = 0.3 * torch.randn(2, N, generator=torch.Generator().manual_seed(25))
+    solution = GlowReconstructor(glow, init=z0, max_iter=3, **settings).solve(y, physics)
+    assert torch.equal(solution.start, z0)  # not a restart's random start, not a grid warm start
+    assert not torch.equal(solution.z, z0)
 
 
 # -- optimisers and presets ----------------------------------------------------------------------
