@@ -46,6 +46,11 @@ _MANY_HALVINGS = 4.0  # mean step shrink per iteration, in halvings: lr >= 16x t
 _MANY_REJECTED = 0.1  # fraction of trial steps rejected as non-finite
 _RANGE_MARGIN = 1.0  # G(z) beyond [-margin, 1 + margin] before clamping: y is off-scale
 _MISFIT_LEFT = 100.0  # residual (in m sigma^2) above which, after the retry, y is not explained
+# x_hat = clamp(G(z)) does not explain y (its residual above _MISFIT_LEFT m sigma^2, or without a
+# known noise level above this share of y's energy: a fit worse than 30 dB) ...
+_CLAMPED_MISS = 1e-3
+# ... though G(z) did, to a tenth of that: the fit relied on pixels outside [0, 1].
+_CLAMPED_RATIO = 10.0
 # The retry of misfit samples starts like the reference protocol at CS, with steps of 0.1, for
 # this fraction of its iterations (50 of the default 300).
 _RETRY_DAMPED_FRACTION = 1 / 6
@@ -166,9 +171,14 @@ class GlowReconstructor(Reconstructor):
     decrease from its start (e.g. a huge ``gamma`` or ``lr``); the steps taken were on average
     16 or more times shorter than ``lr`` (``lr`` far too large); more than 10% of the trial
     points were non-finite; :math:`G(z)` left :math:`[0, 1]` by more than 1 before clamping
-    (``y`` off-scale, e.g. not divided by 255); or, where misfits are retried, a sample's
-    residual is still above :math:`100\, m\sigma^2` after its retry (the warning names the
-    samples; ``restarts`` rescues some). Well-posed problems at the defaults give none.
+    (``y`` off-scale, e.g. not divided by 255); a sample fits ``y`` only through pixels of
+    :math:`G(z)` outside [0, 1], so that :math:`\hat x = \mathrm{clamp}(G(z), 0, 1)` leaves a
+    residual above :math:`100\, m\sigma^2` (without a known noise level: above 0.1% of
+    :math:`\|y\|^2`) and over 10 times :math:`G(z)`'s (the warning names the samples; seen on
+    strongly coloured photographs far from ``natural32``'s patches); or, where misfits are
+    retried, a sample's residual is still above :math:`100\, m\sigma^2` after its retry (the
+    warning names the samples; ``restarts`` rescues some). Well-posed problems at the defaults
+    give none.
 
     :param Glow glow: a trained (ActNorm-initialised) Glow.
     :param float | str gamma: regularisation weight, or ``"auto"``.
@@ -621,7 +631,7 @@ class GlowReconstructor(Reconstructor):
         if noise_energy is not None:
             best = self._retry_misfits(y, physics, gamma, best, noise_energy)
         best.start = first_start
-        self._diagnose(best, stuck, noise_energy)
+        self._diagnose(best, y, physics, stuck, noise_energy)
         return best
 
     @property
@@ -766,12 +776,14 @@ class GlowReconstructor(Reconstructor):
         solution.evaluations = evaluations
         solution.sample_evaluations = sample_evaluations
         solution.start = start.clone()
-        self._diagnose(solution, None)
+        self._diagnose(solution, y, physics, None)
         return solution
 
     def _diagnose(
         self,
         solution: GlowSolution,
+        y: torch.Tensor,
+        physics,
         stuck: torch.Tensor | None,
         noise_energy: float | None = None,
     ) -> None:
@@ -779,6 +791,7 @@ class GlowReconstructor(Reconstructor):
         ``noise_energy`` (:math:`m\\sigma^2`, where misfits are retried) flags the samples still
         far from ``y`` after their retry."""
         batch = solution.z.shape[0]
+        self._warn_if_clamping_breaks_the_fit(solution, y, physics)
         if noise_energy is not None:
             left = (solution.residual > _MISFIT_LEFT * noise_energy).nonzero().squeeze(1).tolist()
             if left:
@@ -846,6 +859,38 @@ class GlowReconstructor(Reconstructor):
                 "early: see last_solution.iterations) and x_hat is its best in-range guess.",
                 stacklevel=4,
             )
+
+    def _warn_if_clamping_breaks_the_fit(self, solution: GlowSolution, y: torch.Tensor, physics):
+        """Name the samples that fit ``y`` only through pixels of :math:`G(z)` outside [0, 1]."""
+        with torch.no_grad():
+            clamped_residual = self._residual(solution.x, y, physics)
+        try:
+            sigma = noise_sigma(physics)
+        except ValueError:  # no single known Gaussian noise level
+            sigma = 0.0
+        if sigma > 0:
+            bar = torch.full_like(clamped_residual, _MISFIT_LEFT * y[0].numel() * sigma**2)
+            unit = f"{_MISFIT_LEFT:g} times the noise energy m*sigma^2"
+        else:
+            bar = _CLAMPED_MISS * y.pow(2).flatten(1).sum(dim=1)
+            unit = f"{_CLAMPED_MISS:.1%} of the energy of y"
+        broken = (
+            (bar > 0)
+            & (clamped_residual > bar)
+            & (clamped_residual > _CLAMPED_RATIO * solution.residual)
+        )
+        if not bool(broken.any()):
+            return
+        rows = broken.nonzero().squeeze(1).tolist()
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        warnings.warn(
+            f"{len(rows)} of {y.shape[0]} sample(s) (index {shown}) fit y only through pixels "
+            f"of G(z) outside [0, 1]: clamped to [0, 1], x_hat leaves a residual above {unit}, "
+            f"over {_CLAMPED_RATIO:g} times G(z)'s. Such images are probably far from the Glow's "
+            "training data; do not trust them (a Glow trained on similar images, or more "
+            "measurements, would help).",
+            stacklevel=5,
+        )
 
 
 def _keep_better(current: GlowSolution, candidate: GlowSolution) -> GlowSolution:

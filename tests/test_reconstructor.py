@@ -304,6 +304,26 @@ def test_samples_still_misfit_after_the_retry_are_named_in_a_warning(glow):
         model.solve(y[fitted], physics)
 
 
+@pytest.mark.parametrize("sigma", [0.01, None], ids=["noise-level-known", "no-noise-level"])
+def test_samples_fitted_only_outside_the_pixel_range_are_named_in_a_warning(glow, sigma):
+    # Sample 1 is brighter than any image in [0, 1]: G(z) fits it, clamp(G(z)) cannot.
+    x = in_distribution(glow, 3, seed=23)
+    x[1] = x[1] + 1.2
+    physics = compressed_sensing(N, sigma)
+    y = physics(x)
+    with pytest.warns(UserWarning, match="outside \\[0, 1\\]") as record:
+        solution = GlowReconstructor(glow).solve(y, physics)
+    (message,) = [str(w.message) for w in record if "outside [0, 1]" in str(w.message)]
+    assert message.startswith("1 of 3 sample(s) (index 1) fit y only through pixels of G(z)")
+    with torch.no_grad():
+        clamped = (physics.A(solution.x) - y).pow(2).flatten(1).sum(1)
+    assert float(clamped[1]) > 10 * float(solution.residual[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*(torch.lu|lu_unpack).*")
+        GlowReconstructor(glow).solve(y[[0, 2]], physics)
+
+
 def test_retry_misfit_keeps_batch_invariance(glow64):
     physics = compressed_sensing(40, 0.01)
     physics.to(torch.float64)

@@ -1050,6 +1050,11 @@ def _scaled_y(ctx: Context):
     return {"gamma": 0.01, "max_iter": 60}, 1e3 * physics(ctx.x()), physics
 
 
+def _too_bright(ctx: Context):
+    physics = compressed_sensing(64)  # m = n: G(z) can fit y exactly
+    return {}, physics(ctx.x() + 1.2), physics
+
+
 def _one_measurement(ctx: Context):
     physics = compressed_sensing(1)
     return {"gamma": 0.01}, physics(ctx.x()), physics
@@ -1083,6 +1088,8 @@ def _nan_physics(ctx: Context):
 FAULTS: list[Fault] = [
     Fault("y-times-1e3", "denoising y scaled by 1e3 (8-bit scale)",
           r"Before clamping to \[0, 1\].*Check the scale of y", _scaled_y),
+    Fault("cs-images-above-1", "compressed sensing (m = n) of images in [1.2, 1.4]",
+          r"fit y only through pixels of G\(z\) outside \[0, 1\]", _too_bright),
     Fault("cs-one-measurement", "compressed sensing with m = 1 (n = 64)",
           r"m=1 value\(s\) per image for n=64 pixels", _one_measurement),
     Fault("gamma-1e8", "gamma = 1e8",
