@@ -57,9 +57,16 @@ def _check_measurements(y: object, physics: object) -> torch.Tensor:
         x0 = physics.A_adjoint(y)
         measured = physics.A(x0)
     except Exception as err:
+        hint = ""
+        if "scalar type" in str(err):
+            hint = (
+                f" (y is {y.dtype}: the physics computes in another dtype. deepinv's "
+                "CompressedSensing casts y to the dtype it was built with, even after .to(); "
+                "build it with that dtype, e.g. tasks.compressed_sensing(..., dtype=y.dtype))"
+            )
         raise ValueError(
             f"y of shape {tuple(y.shape)} does not match the physics {type(physics).__name__}: "
-            f"{err}"
+            f"{err}{hint}"
         ) from err
     if measured.shape != y.shape or x0.dim() != 4:
         raise ValueError(

@@ -35,6 +35,7 @@ def compressed_sensing(
     noise_norm: float = 0.1,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> dinv.physics.CompressedSensing:
     r"""Gaussian CS :math:`y = Ax + \eta`, :math:`A_{ij}\sim\mathcal{N}(0, 1/m)`, as in the paper.
 
@@ -45,6 +46,17 @@ def compressed_sensing(
     :param float ratio: :math:`m/n` in (0, 1].
     :param float noise_norm: expected noise norm.
     :param int seed: seed of the matrix (deepinv draws the same matrix for every ``rng=None``).
+    :param torch.dtype dtype: floating dtype of the matrix and of :math:`A^\top y`. Build a
+        float64 physics here rather than with ``.to(torch.float64)``: deepinv's
+        ``CompressedSensing`` casts ``y`` to the dtype it was built with, so after ``.to`` its
+        ``A_adjoint`` fails on float64 measurements.
+
+    :Example:
+
+    >>> import torch
+    >>> physics = compressed_sensing((1, 8, 8), ratio=0.5, dtype=torch.float64)
+    >>> physics.A_adjoint(physics(torch.rand(2, 1, 8, 8, dtype=torch.float64))).dtype
+    torch.float64
     """
     img_size = _check_img_size(img_size)
     ratio = check_nonnegative_number(ratio, name="ratio m/n")
@@ -52,6 +64,11 @@ def compressed_sensing(
         raise ValueError(f"ratio m/n must be in (0, 1], got {ratio}.")
     noise_norm = check_nonnegative_number(noise_norm, name="noise_norm")
     check_device(device)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(
+            f"dtype must be a floating torch.dtype such as torch.float32 or torch.float64, "
+            f"got {dtype!r}."
+        )
     m = max(1, round(ratio * math.prod(img_size)))
     return dinv.physics.CompressedSensing(
         m=m,
@@ -59,6 +76,7 @@ def compressed_sensing(
         noise_model=dinv.physics.GaussianNoise(sigma=noise_norm / math.sqrt(m)),
         rng=torch.Generator(device).manual_seed(seed),
         device=device,
+        dtype=dtype,
     )
 
 

@@ -12,7 +12,7 @@ from deepinv.models import Reconstructor
 
 from deepinv_glowprior import baselines as bl
 from deepinv_glowprior.data import mnist
-from deepinv_glowprior.tasks import make_physics
+from deepinv_glowprior.tasks import compressed_sensing, make_physics
 
 torch.set_num_threads(1)
 IMG = (1, 32, 32)
@@ -214,6 +214,18 @@ def test_tune_lambda_default_grid():
 def test_bad_lambda_is_rejected(factory, lam):
     with pytest.raises(ValueError, match="lam"):
         factory(lam)
+
+
+def test_total_variation_solves_float64_cs_built_in_float64():
+    x = _images("test", 2).double()
+    physics = compressed_sensing(IMG, ratio=0.25, dtype=torch.float64)
+    y = _measure(physics, x)
+    x_hat = bl.total_variation(0.01, max_iter=20)(y, physics)
+    assert x_hat.dtype == torch.float64 and bool(torch.isfinite(x_hat).all())
+    # deepinv's CompressedSensing keeps casting y to the dtype it was built with
+    moved = compressed_sensing(IMG, ratio=0.25).to(torch.float64)
+    with pytest.raises(ValueError, match=r"scalar type.*dtype=y.dtype"):
+        bl.total_variation(0.01, max_iter=2)(y, moved)
 
 
 def test_bad_inputs_are_rejected():

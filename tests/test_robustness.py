@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from deepinv_glowprior import CheckpointError, Glow, GlowPrior, GlowReconstructor, pretrained
 from deepinv_glowprior.cli import main
 from deepinv_glowprior.pretrained import export_run, load_pretrained, model_card
+from deepinv_glowprior.tasks import compressed_sensing as cs_physics
 from deepinv_glowprior.tasks import make_physics
 from deepinv_glowprior.train import TrainConfig, fit
 
@@ -657,6 +658,9 @@ BAD_INPUTS: list[Case] = [
          r"ratio m/n must be in \(0, 1\]", lambda ctx: make_physics("cs", IMG, ratio=1.5)),
     Case("physics-cs-no-ratio", "tasks.make_physics", "cs without ratio", TypeError,
          r"needs \['ratio'\]", lambda ctx: make_physics("cs", IMG)),
+    Case("physics-cs-integer-dtype", "tasks.compressed_sensing", "dtype=torch.int64", ValueError,
+         "dtype must be a floating torch.dtype",
+         lambda ctx: cs_physics(IMG, ratio=0.5, dtype=torch.int64)),
     Case("physics-unknown-setting", "tasks.make_physics", "cs with sigma=0.1", TypeError,
          r"takes ratio, noise_norm and got unknown \['sigma'\]",
          lambda ctx: make_physics("cs", IMG, ratio=0.5, sigma=0.1)),
