@@ -163,6 +163,12 @@ def _add_benchmark_parser(subparsers) -> None:
         action="store_true",
         help="add the Deep Decoder (400 Adam steps per image; always on with --full)",
     )
+    parser.add_argument(
+        "--grid",
+        default="",
+        help="setting shown in OUT/<name>_grid.png, as its label: e.g. 'natural m/n=0.2', "
+        "'sigma=0.1' (default: the middle setting)",
+    )
     parser.add_argument("--out", default="outputs/benchmarks", help="folder for CSV and plot")
     parser.add_argument("--seed", type=int, default=0, help="seed of matrices and noise")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -355,6 +361,10 @@ def _benchmark(args: argparse.Namespace) -> int:
             options["ratios"] = ratios
     if sigmas:
         options["sigmas"] = sigmas
+    labels = _gallery_labels(experiments.EXPERIMENTS[args.name], options)
+    grid_label = args.grid.strip() or labels[len(labels) // 2]  # default: a middle m/n or sigma
+    if grid_label not in labels:
+        raise UserError(f"--grid must be one of {', '.join(map(repr, labels))}; got {args.grid!r}.")
     galleries: dict = {}
     rows = experiments.EXPERIMENTS[args.name](glow, galleries=galleries, **options)
     stem = args.name  # cs.csv, or cs_fashion_mnist-faces.csv for --datasets fashion_mnist,faces
@@ -367,14 +377,33 @@ def _benchmark(args: argparse.Namespace) -> int:
     x_key = {"cs": "ratio", "denoise": "sigma", "inpaint": "method"}[args.name]
     if x_key != "method":
         experiments.plot_rows(rows, x_key, out / f"{stem}.png", title=args.name)
-    label = list(galleries)[len(galleries) // 2]  # a middle setting: m/n or sigma
     experiments.save_grid(
-        {"truth" if k == "truth" else f"{k}\n{label}": v for k, v in galleries[label].items()},
+        {
+            "truth" if k == "truth" else f"{k}\n{grid_label}": v
+            for k, v in galleries[grid_label].items()
+        },
         out / f"{stem}_grid.png",
     )
     print(format_table(rows))
     print(f"table: {csv_path}")
     return 0
+
+
+def _gallery_labels(experiment, options: dict) -> list[str]:
+    """The labels of the settings ``experiment(glow, **options)`` runs, in its order."""
+    import inspect
+
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(experiment).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    settings = {**defaults, **options}
+    if "ratios" in settings:  # cs
+        return [f"{d} m/n={r:g}" for d in settings["datasets"] for r in settings["ratios"]]
+    if "sigmas" in settings:  # denoise
+        return [f"sigma={sigma:g}" for sigma in settings["sigmas"]]
+    return ["centre hole"]
 
 
 def _bias(args: argparse.Namespace, out, ratios: tuple[float, ...]) -> int:

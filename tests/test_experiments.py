@@ -9,7 +9,7 @@ import torch
 from helpers import train_tiny_glow
 
 from deepinv_glowprior import experiments
-from deepinv_glowprior.cli import main
+from deepinv_glowprior.cli import _gallery_labels, main
 from deepinv_glowprior.dcgan import CSGMReconstructor, DCGANConfig, DCGANGenerator
 from deepinv_glowprior.experiments import FAILS, HOLDS, NOT_MEASURED, claims_table
 
@@ -177,27 +177,35 @@ def test_shipped_dcgan_is_wired_by_default(glow32):
     assert "CSGM" in experiments.default_methods(glow32, "cs")
 
 
-def test_benchmark_reports_csgm_beside_glow(glow32, monkeypatch, tmp_path):
-    """The cs experiment end to end on 2 images, with the slow methods replaced by stubs."""
+class _Constant(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
 
-    class Constant(torch.nn.Module):
-        def __init__(self, value):
-            super().__init__()
-            self.value = value
+    def forward(self, y, physics):
+        return torch.full((y.shape[0], 1, 32, 32), self.value)
 
-        def forward(self, y, physics):
-            return torch.full((y.shape[0], 1, 32, 32), self.value)
+
+def _stub_slow_methods(monkeypatch, images: torch.Tensor) -> None:
+    """Constant images for every method and ``images`` for every test set."""
 
     def stub_methods(glow, task, glow_settings=None, dcgan=experiments.DCGAN_NAME, **kwargs):
-        methods = {"Glow": lambda p, v: Constant(0.2)}
+        methods = {"Glow": lambda p, v: _Constant(0.2)}
         if dcgan:
-            methods["CSGM"] = lambda p, v: Constant(0.1)
+            methods["CSGM"] = lambda p, v: _Constant(0.1)
         return methods
 
-    images = torch.rand(2, 1, 32, 32)
     monkeypatch.setattr(experiments, "default_methods", stub_methods)
-    monkeypatch.setattr(experiments, "_glow_method", lambda glow, gamma: lambda p, v: Constant(0.3))
+    monkeypatch.setattr(
+        experiments, "_glow_method", lambda glow, gamma: lambda p, v: _Constant(0.3)
+    )
     monkeypatch.setattr(experiments, "evaluation_images", lambda *a, **k: images)
+
+
+def test_benchmark_reports_csgm_beside_glow(glow32, monkeypatch, tmp_path):
+    """The cs experiment end to end on 2 images, with the slow methods replaced by stubs."""
+    images = torch.rand(2, 1, 32, 32)
+    _stub_slow_methods(monkeypatch, images)
     rows = experiments.cs_experiment(glow32, ratios=(0.2,), num_images=2, progress=False)
     assert [row["method"] for row in rows] == ["A^+ y", "Glow", "CSGM"]
     assert all(row["ratio"] == 0.2 and row["images"] == 2 for row in rows)
@@ -211,6 +219,23 @@ def test_benchmark_reports_csgm_beside_glow(glow32, monkeypatch, tmp_path):
     assert torch.equal(gallery["truth"], images)
     assert torch.equal(gallery["CSGM"], torch.full((2, 1, 32, 32), 0.1))
     assert experiments.save_grid(gallery, tmp_path / "grid.png").stat().st_size > 2000
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("cs", {"datasets": ("mnist", "faces"), "ratios": (0.2, 0.5)}),
+        ("cs", {"datasets": ("mnist",)}),  # the default ratios
+        ("denoise", {"sigmas": (0.1, 0.2)}),
+        ("inpaint", {}),
+    ],
+)
+def test_grid_labels_are_the_settings_the_experiment_runs(glow32, monkeypatch, name, options):
+    _stub_slow_methods(monkeypatch, torch.rand(1, 1, 32, 32))
+    experiment = experiments.EXPERIMENTS[name]
+    galleries = {}
+    experiment(glow32, num_images=1, progress=False, galleries=galleries, **options)
+    assert _gallery_labels(experiment, options) == list(galleries)
 
 
 def test_claims_command_reads_the_benchmark_csvs(tmp_path, capsys):
@@ -250,6 +275,10 @@ def test_committed_claims_table_matches_the_committed_benchmark_csvs():
         (["bias", "--datasets", "mnist"], "--datasets applies to the cs benchmark only"),
         (["cs", "--sigmas", "0.1"], "--sigmas applies to the denoise benchmark only"),
         (["cs", "--ratios", "0.2,x"], "--ratios must be comma-separated numbers"),
+        (
+            ["cs", "--ratios", "0.2", "--grid", "faces m/n=0.2"],
+            "--grid must be one of 'mnist m/n=0.2'",
+        ),
     ],
 )
 def test_benchmark_option_errors_are_user_errors(args, message, capsys):
