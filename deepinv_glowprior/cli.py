@@ -361,7 +361,7 @@ def _benchmark(args: argparse.Namespace) -> int:
             options["ratios"] = ratios
     if sigmas:
         options["sigmas"] = sigmas
-    labels = _gallery_labels(experiments.EXPERIMENTS[args.name], options)
+    labels = experiments.gallery_labels(experiments.EXPERIMENTS[args.name], options)
     grid_label = args.grid.strip() or labels[len(labels) // 2]  # default: a middle m/n or sigma
     if grid_label not in labels:
         raise UserError(f"--grid must be one of {', '.join(map(repr, labels))}; got {args.grid!r}.")
@@ -387,23 +387,6 @@ def _benchmark(args: argparse.Namespace) -> int:
     print(format_table(rows))
     print(f"table: {csv_path}")
     return 0
-
-
-def _gallery_labels(experiment, options: dict) -> list[str]:
-    """The labels of the settings ``experiment(glow, **options)`` runs, in its order."""
-    import inspect
-
-    defaults = {
-        name: parameter.default
-        for name, parameter in inspect.signature(experiment).parameters.items()
-        if parameter.default is not inspect.Parameter.empty
-    }
-    settings = {**defaults, **options}
-    if "ratios" in settings:  # cs
-        return [f"{d} m/n={r:g}" for d in settings["datasets"] for r in settings["ratios"]]
-    if "sigmas" in settings:  # denoise
-        return [f"sigma={sigma:g}" for sigma in settings["sigmas"]]
-    return ["centre hole"]
 
 
 def _bias(args: argparse.Namespace, out, ratios: tuple[float, ...]) -> int:

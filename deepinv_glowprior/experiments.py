@@ -3,6 +3,7 @@ r"""The paper's experiments as functions returning tables (rows of dicts), with 
 from __future__ import annotations
 
 import csv
+import inspect
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ __all__ = [
     "default_methods",
     "denoise_experiment",
     "evaluation_images",
+    "gallery_labels",
     "inpaint_experiment",
     "plot_rows",
     "read_csv",
@@ -230,7 +232,7 @@ def cs_experiment(
             evaluation_images(dataset, num_images, "val", channels=channels),
             seed=seed,
             setting={"experiment": "cs", "dataset": dataset, "ratio": ratio},
-            gallery=_gallery(galleries, f"{dataset} m/n={ratio:g}"),
+            gallery=_gallery(galleries, _cs_label(dataset, ratio)),
         )
     return rows
 
@@ -260,7 +262,7 @@ def denoise_experiment(
             evaluation_images("mnist", num_images, "val"),
             seed=seed,
             setting={"experiment": "denoise", "dataset": "mnist", "sigma": sigma},
-            gallery=_gallery(galleries, f"sigma={sigma:g}"),
+            gallery=_gallery(galleries, _sigma_label(sigma)),
         )
     return rows
 
@@ -293,8 +295,45 @@ def inpaint_experiment(
         validation,
         seed=seed,
         setting={"experiment": "inpaint", "dataset": "mnist"},
-        gallery=_gallery(galleries, "centre hole"),
+        gallery=_gallery(galleries, _INPAINT_LABEL),
     )
+
+
+def _cs_label(dataset: str, ratio: float) -> str:
+    return f"{dataset} m/n={ratio:g}"
+
+
+def _sigma_label(sigma: float) -> str:
+    return f"sigma={sigma:g}"
+
+
+_INPAINT_LABEL = "centre hole"
+
+
+def gallery_labels(experiment: Callable[..., list[Row]], options: dict) -> list[str]:
+    """The labels of the galleries ``experiment(glow, galleries=..., **options)`` fills, in its
+    order, known before it runs (e.g. to check which one to draw).
+
+    ``experiment``: one of :data:`EXPERIMENTS`; its defaults fill what ``options`` leaves out.
+
+    :Example:
+
+    >>> gallery_labels(denoise_experiment, {"sigmas": (0.1, 0.2)})
+    ['sigma=0.1', 'sigma=0.2']
+    """
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(experiment).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    settings = {**defaults, **options}
+    if experiment is cs_experiment:
+        return [_cs_label(d, r) for d in settings["datasets"] for r in settings["ratios"]]
+    if experiment is denoise_experiment:
+        return [_sigma_label(sigma) for sigma in settings["sigmas"]]
+    if experiment is inpaint_experiment:
+        return [_INPAINT_LABEL]
+    raise ValueError(f"experiment must be one of {sorted(EXPERIMENTS)}'s functions.")
 
 
 def _gallery(galleries: dict | None, label: str) -> dict[str, torch.Tensor] | None:

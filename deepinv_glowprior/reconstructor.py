@@ -793,11 +793,10 @@ class GlowReconstructor(Reconstructor):
         batch = solution.z.shape[0]
         self._warn_if_clamping_breaks_the_fit(solution, y, physics)
         if noise_energy is not None:
-            left = (solution.residual > _MISFIT_LEFT * noise_energy).nonzero().squeeze(1).tolist()
-            if left:
-                shown = ", ".join(map(str, left[:10])) + (", ..." if len(left) > 10 else "")
+            left = solution.residual > _MISFIT_LEFT * noise_energy
+            if bool(left.any()):
                 warnings.warn(
-                    f"{len(left)} of {batch} sample(s) (index {shown}) still leave a residual "
+                    f"{_named_samples(left)} still leave a residual "
                     f"above {_MISFIT_LEFT:g} times the noise energy m*sigma^2 after the retry, "
                     "so their reconstruction does not explain y: a local minimum, too few "
                     "iterations (see last_solution.iterations), or an image far from the Glow's "
@@ -881,16 +880,21 @@ class GlowReconstructor(Reconstructor):
         )
         if not bool(broken.any()):
             return
-        rows = broken.nonzero().squeeze(1).tolist()
-        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
         warnings.warn(
-            f"{len(rows)} of {y.shape[0]} sample(s) (index {shown}) fit y only through pixels "
+            f"{_named_samples(broken)} fit y only through pixels "
             f"of G(z) outside [0, 1]: clamped to [0, 1], x_hat leaves a residual above {unit}, "
             f"over {_CLAMPED_RATIO:g} times G(z)'s. Such images are probably far from the Glow's "
             "training data; do not trust them (a Glow trained on similar images, or more "
             "measurements, would help).",
             stacklevel=5,
         )
+
+
+def _named_samples(flagged: torch.Tensor) -> str:
+    """``"2 of 8 sample(s) (index 1, 5)"`` for a boolean mask ``(B,)``; at most 10 indices."""
+    rows = flagged.nonzero().squeeze(1).tolist()
+    shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+    return f"{len(rows)} of {flagged.numel()} sample(s) (index {shown})"
 
 
 def _keep_better(current: GlowSolution, candidate: GlowSolution) -> GlowSolution:

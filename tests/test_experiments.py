@@ -9,7 +9,7 @@ import torch
 from helpers import train_tiny_glow
 
 from deepinv_glowprior import experiments
-from deepinv_glowprior.cli import _gallery_labels, main
+from deepinv_glowprior.cli import main
 from deepinv_glowprior.dcgan import CSGMReconstructor, DCGANConfig, DCGANGenerator
 from deepinv_glowprior.experiments import FAILS, HOLDS, NOT_MEASURED, claims_table
 
@@ -235,7 +235,12 @@ def test_grid_labels_are_the_settings_the_experiment_runs(glow32, monkeypatch, n
     experiment = experiments.EXPERIMENTS[name]
     galleries = {}
     experiment(glow32, num_images=1, progress=False, galleries=galleries, **options)
-    assert _gallery_labels(experiment, options) == list(galleries)
+    assert experiments.gallery_labels(experiment, options) == list(galleries)
+
+
+def test_grid_labels_refuse_a_function_that_is_no_experiment():
+    with pytest.raises(ValueError, match="experiment must be one of"):
+        experiments.gallery_labels(claims_table, {})
 
 
 def test_claims_command_reads_the_benchmark_csvs(tmp_path, capsys):
