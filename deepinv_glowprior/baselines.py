@@ -29,6 +29,7 @@ __all__ = [
     "BM3DReconstructor",
     "DCTPrior",
     "DeepDecoderReconstructor",
+    "TotalVariationReconstructor",
     "VariationalReconstructor",
     "bm3d_denoiser",
     "dct2",
@@ -275,17 +276,132 @@ def lasso_dct(lam: float, max_iter: int = 300) -> VariationalReconstructor:
     return VariationalReconstructor(DCTPrior(), lam, max_iter=max_iter)
 
 
-def total_variation(
-    lam: float, max_iter: int = 200, inner_iter: int = 50
-) -> VariationalReconstructor:
-    r"""Total variation :math:`\min_x \tfrac12\|Ax - y\|^2 + \lambda\|Dx\|_{1,2}` (isotropic).
+class _ExactL2(L2):
+    r""":class:`deepinv.optim.L2` whose prox is solved exactly, sample by sample, for
+    :class:`deepinv.physics.CompressedSensing`:
+    :math:`(I + \gamma A^\top A)^{-1} b = b - \gamma A^\top (I_m + \gamma A A^\top)^{-1} A b`
+    (Woodbury), with the Cholesky factor of the :math:`m \times m` matrix computed once per step
+    size and each row solved alone (batch-size-free rounding). The products go through
+    ``physics.A`` and ``physics.A_adjoint``, so a physics whose operators run one sample at a
+    time keeps that. Any other physics keeps deepinv's prox: closed form for decomposable physics
+    (denoising, inpainting), conjugate gradient otherwise, whose stopping test is batch-wide."""
 
-    deepinv's :class:`~deepinv.optim.prior.TVPrior`, whose prox is an inner primal-dual solver
-    (``inner_iter`` steps, warm-started between outer iterations, restarted at each call).
+    def __init__(self, physics: dinv.physics.LinearPhysics) -> None:
+        super().__init__()
+        matrix = getattr(physics, "_A", None)
+        is_cs = isinstance(physics, dinv.physics.CompressedSensing)
+        self.matrix = matrix if is_cs and isinstance(matrix, torch.Tensor) else None
+        self._factors: dict[float, torch.Tensor] = {}
+
+    def prox(self, x: torch.Tensor, y: torch.Tensor, physics, *args, gamma: float = 1.0, **kw):
+        if self.matrix is None or x.is_complex() or self.matrix.is_complex():
+            return super().prox(x, y, physics, *args, gamma=gamma, **kw)
+        gamma = float(gamma) * self.norm
+        if gamma not in self._factors:
+            matrix = self.matrix.to(x.dtype)
+            identity = torch.eye(matrix.shape[0], dtype=x.dtype, device=x.device)
+            self._factors[gamma] = torch.linalg.cholesky(identity + gamma * matrix @ matrix.T)
+        factor = self._factors[gamma]
+        b = x + gamma * physics.A_adjoint(y)
+        projected = physics.A(b)
+        rows = projected.reshape(-1, 1, projected.shape[-1])
+        solved = torch.stack([torch.cholesky_solve(row.T, factor).T for row in rows])
+        return b - gamma * physics.A_adjoint(solved.reshape(projected.shape))
+
+
+class _GroupL1(dinv.optim.prior.L12Prior):
+    r""":math:`\|u\|_{1,2}` over the gradient field, whose conjugate's prox (the projection onto
+    :math:`\{\|u_i\|_2 \le \lambda\}`) is written out: deepinv's Moreau form divides by
+    :math:`\lambda` and fails at :math:`\lambda = 0`."""
+
+    def prox_conjugate(self, x: torch.Tensor, *args, lamb: float = 1.0, **kwargs) -> torch.Tensor:
+        if lamb <= 0:
+            return torch.zeros_like(x)
+        norms = torch.linalg.vector_norm(x, dim=self.l2_axis, keepdim=True)
+        return x / (norms / lamb).clamp(min=1.0)
+
+
+class TotalVariationReconstructor(Reconstructor):
+    r"""Total variation :math:`\hat x = \arg\min_x \tfrac12\|Ax - y\|^2 + \lambda\|\nabla x\|_{1,2}`
+    (isotropic, per channel) by the Chambolle-Pock primal-dual algorithm.
+
+    deepinv's ``CP`` iteration (:func:`deepinv.optim.optim_builder`, ``g_first=True``) with
+    :math:`K = \nabla` (:meth:`deepinv.optim.prior.TVPrior.nabla`), the dual step on
+    :class:`deepinv.optim.prior.L12Prior` (its conjugate's prox, a projection) and the primal step the exact prox of the data term:
+
+    .. math::
+
+        u_{k+1} = \Pi_{\|\cdot\|_{\infty,2} \le \lambda}(u_k + \sigma \nabla \bar x_k), \quad
+        x_{k+1} = (I + \tau A^\top A)^{-1}(x_k - \tau \nabla^\top u_{k+1} + \tau A^\top y), \quad
+        \bar x_{k+1} = 2x_{k+1} - x_k,
+
+    started at :math:`x_0 = A^\top y`, :math:`u_0 = 0`, for a fixed number of iterations (no
+    batch-wide early stop). The steps are :math:`\tau = 1/\sqrt{8\lambda}` and
+    :math:`\sigma = 1/(8\tau)` (so :math:`\sigma\tau\|\nabla\|^2 \le 1`): they balance the primal
+    scale (pixels in [0, 1]) against the dual one (:math:`\lambda`). Unlike proximal gradient
+    with an inner TV prox, the data term is never linearised, so the part of :math:`x` that
+    :math:`A` does not see moves by :math:`O(\tau\lambda)` per step, not :math:`O(\lambda /
+    \|A^\top A\|)`: small weights (CS) converge in hundreds of steps instead of thousands. The
+    prox is exact and per-sample for dense :class:`deepinv.physics.CompressedSensing` (Woodbury
+    with a cached Cholesky factor) and decomposable physics; other physics use deepinv's
+    conjugate gradient. The output is clamped to :math:`[0, 1]`.
 
     :param float lam: :math:`\lambda \ge 0`.
-    :param int max_iter: outer FISTA iterations.
-    :param int inner_iter: inner iterations of the TV prox.
+    :param int max_iter: primal-dual iterations.
+    """
+
+    def __init__(self, lam: float, max_iter: int = 300) -> None:
+        super().__init__()
+        self.lam = check_nonnegative_number(lam, name="lam")
+        self.max_iter = _positive_int(max_iter, "max_iter")
+        self.tv = dinv.optim.prior.TVPrior()
+
+    def stepsizes(self) -> tuple[float, float]:
+        r""":math:`(\tau, \sigma) = (1/\sqrt{8\lambda}, 1/(8\tau))` (:math:`\lambda` floored at
+        :math:`10^{-4}`)."""
+        tau = 1.0 / math.sqrt(8.0 * max(self.lam, 1e-4))
+        return tau, 1.0 / (8.0 * tau)
+
+    def forward(self, y: torch.Tensor, physics: dinv.physics.LinearPhysics, **kwargs):
+        """Reconstruct ``(B, C, H, W)`` images in [0, 1] from ``y``."""
+        x0 = _check_measurements(y, physics)
+        if x0.dim() != 4:
+            raise ValueError(
+                f"total variation needs images (B, C, H, W); A^T y has shape {tuple(x0.shape)}."
+            )
+        tau, sigma = self.stepsizes()
+        params = {
+            "stepsize": tau,
+            "stepsize_dual": sigma,
+            "lambda": self.lam,
+            "g_param": 1.0,
+            "beta": 1.0,
+            "K": self.tv.nabla,
+            "K_adjoint": self.tv.nabla_adjoint,
+        }
+        dual0 = torch.zeros_like(self.tv.nabla(x0))
+        solver = optim_builder(
+            "CP",
+            prior=_GroupL1(),
+            data_fidelity=_ExactL2(physics),
+            params_algo=params,
+            max_iter=self.max_iter,
+            early_stop=False,
+            g_first=True,
+            custom_init=lambda y, physics: {"est": (x0, x0, dual0)},
+        )
+        solver.has_cost = solver.fixed_point.iterator.has_cost = False
+        with torch.no_grad():
+            x = solver(y, physics)
+        return _finite_clamped(x, type(self).__name__)
+
+
+def total_variation(lam: float, max_iter: int = 300) -> TotalVariationReconstructor:
+    r"""Total variation :math:`\min_x \tfrac12\|Ax - y\|^2 + \lambda\|\nabla x\|_{1,2}` (isotropic),
+    solved by :class:`TotalVariationReconstructor` (Chambolle-Pock, exact data prox).
+
+    :param float lam: :math:`\lambda \ge 0`.
+    :param int max_iter: primal-dual iterations.
 
     :Example:
 
@@ -295,9 +411,7 @@ def total_variation(
     >>> total_variation(0.05, max_iter=10)(y, physics).shape
     torch.Size([2, 1, 32, 32])
     """
-    # def_crit=0: the inner solver's stopping test is batch-wide; a fixed count keeps samples apart.
-    prior = dinv.optim.prior.TVPrior(def_crit=0.0, n_it_max=_positive_int(inner_iter, "inner_iter"))
-    return VariationalReconstructor(prior, lam, max_iter=max_iter)
+    return TotalVariationReconstructor(lam, max_iter=max_iter)
 
 
 class BM3DReconstructor(Reconstructor):

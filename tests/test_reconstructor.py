@@ -607,7 +607,7 @@ def test_a_warm_start_must_return_one_image_per_sample_of_the_glows_size(glow, i
 def test_a_warm_start_from_tv_keeps_batch_invariance(glow):
     physics = compressed_sensing(40, 0.01)
     y = physics(in_distribution(glow, 5, seed=23))
-    tv = total_variation(0.01, max_iter=100, inner_iter=10)
+    tv = total_variation(1e-3, max_iter=5)  # short: some images too rough to encode
     model = GlowReconstructor(glow, init=tv, max_iter=10)
     warm = model._initial_latent(y, physics, 0).any(dim=1)
     assert bool(warm[0]) and not bool(warm[1])  # one row of each kind
