@@ -3,7 +3,9 @@ the Deep Decoder, plus :func:`tune_lambda` to pick a regularisation weight on va
 
 Every reconstructor is called as ``model(y, physics)`` with any deepinv linear physics (Gaussian CS,
 denoising, inpainting, ...) and returns images ``(B, C, H, W)`` clamped to :math:`[0, 1]`.
-Each sample of a batch is solved independently of the others.
+Each sample of a batch is solved independently of the others, except TV on a physics other than
+compressed sensing, denoising or inpainting, whose data prox is deepinv's conjugate gradient
+with a batch-wide stopping test.
 """
 
 from __future__ import annotations
@@ -327,7 +329,8 @@ class TotalVariationReconstructor(Reconstructor):
 
     deepinv's ``CP`` iteration (:func:`deepinv.optim.optim_builder`, ``g_first=True``) with
     :math:`K = \nabla` (:meth:`deepinv.optim.prior.TVPrior.nabla`), the dual step on
-    :class:`deepinv.optim.prior.L12Prior` (its conjugate's prox, a projection) and the primal step the exact prox of the data term:
+    :class:`deepinv.optim.prior.L12Prior` (its conjugate's prox, a projection) and the primal
+    step the exact prox of the data term:
 
     .. math::
 

@@ -165,7 +165,8 @@ def test_total_variation_denoising_is_the_tv_prox():
 def test_total_variation_with_zero_weight_fits_the_data():
     physics = _physics("denoising")
     y = _measure(physics, _images("test", 2))
-    assert torch.allclose(bl.total_variation(0.0, max_iter=50)(y, physics), y.clamp(0, 1), atol=1e-5)
+    x_hat = bl.total_variation(0.0, max_iter=50)(y, physics)
+    assert torch.allclose(x_hat, y.clamp(0, 1), atol=1e-5)
 
 
 def _tv_objective(x, y, physics, lam):
