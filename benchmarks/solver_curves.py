@@ -382,12 +382,17 @@ def print_summary(summary: dict) -> None:
     )
 
 
+def _write_table(path: Path, table: list[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows([{k: _cell(v) for k, v in row.items()} for row in table])
+
+
 def write_outputs(traces: dict, out: Path, resamples: int, announce: bool = False) -> int:
-    """Summarise every task of ``traces`` (printing each if ``announce``) and write the traces,
-    summary and plot under ``out``."""
-    summaries = [summarise(task, *_pair(methods), resamples) for task, methods in traces.items()]
-    for summary in summaries if announce else ():
-        print_summary(summary)
+    """Write the traces under ``out``, then summarise every task of the written file (printing
+    each if ``announce``; the file's rounding, so ``--merge`` of it gives the same summary) and
+    write the summary and plot."""
     rows = [
         {"task": task, "method": name, "iteration": it, "passes": work, "psnr": value}
         | {"seconds": timing[0] if timing else None}
@@ -397,11 +402,12 @@ def write_outputs(traces: dict, out: Path, resamples: int, announce: bool = Fals
         for it, work, value, digits, *timing in points
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
-    for path, table in ((out.with_suffix(".csv"), rows), (Path(f"{out}_summary.csv"), summaries)):
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(table[0]))
-            writer.writeheader()
-            writer.writerows([{k: _cell(v) for k, v in row.items()} for row in table])
+    _write_table(out.with_suffix(".csv"), rows)
+    traces = read_traces(out.with_suffix(".csv"))
+    summaries = [summarise(task, *_pair(methods), resamples) for task, methods in traces.items()]
+    for summary in summaries if announce else ():
+        print_summary(summary)
+    _write_table(Path(f"{out}_summary.csv"), summaries)
     plot(traces, summaries, out.with_suffix(".png"))
     print(f"traces: {out.with_suffix('.csv')}, summary: {out}_summary.csv, plot: {out}.png")
     return 0

@@ -273,3 +273,32 @@ def test_warm_start_lambda_is_the_best_typical_one_on_validation_digits(capsys):
     typical = [lam for lam in LAMBDA_GRID if warm(lam) >= 1]
     assert chosen.lam in typical or not typical
     assert all(score(chosen.lam) >= score(lam) for lam in typical)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "solver_curves",
+        "solver_curves_heldout",
+        "solver_curves_warm_tv",
+        "solver_curves_warm_tv_heldout",
+    ],
+)
+def test_committed_curve_summaries_are_what_their_committed_traces_give(name):
+    """The docs' equal-quality ratios come from the committed traces, not from an older run."""
+    import csv
+
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    traces = solver_curves.read_traces(results / f"{name}.csv")
+    with (results / f"{name}_summary.csv").open(newline="") as handle:
+        committed = list(csv.DictReader(handle))
+    recomputed = [
+        {
+            key: str(solver_curves._cell(value) if value is not None else "")
+            for key, value in solver_curves.summarise(
+                task, *solver_curves._pair(methods), resamples=2000
+            ).items()
+        }
+        for task, methods in traces.items()
+    ]
+    assert recomputed == committed
