@@ -307,37 +307,47 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def tuned_total_variation(task: str, physics, glow, num_images: int = 32):
-    """:func:`total_variation` with the lambda of :data:`LAMBDA_GRID` for a warm start, chosen on
-    the first ``num_images`` MNIST validation digits (never the test digits): the best mean PSNR
-    among the lambdas whose TV images start at least half of the digits warm (a typical latent,
-    see ``GlowReconstructor``'s ``init``), or the best mean PSNR if none does. Converged TV at its
-    PSNR-best lambda leaves faint texture in the black background that the Glow finds atypical,
-    so such a start would fall back to z = 0 almost everywhere. Timed (:func:`_timed`)."""
+    """:func:`total_variation` with the lambda of :func:`warm_start_lambda` on the first
+    ``num_images`` MNIST validation digits (never the test digits), printing its table. Timed
+    (:func:`_timed`)."""
     import torch
 
-    from deepinv_glowprior import GlowReconstructor
-    from deepinv_glowprior.baselines import total_variation, tune_lambda
+    from deepinv_glowprior.baselines import total_variation
     from deepinv_glowprior.data import mnist
 
     validation = mnist("val")
     images = torch.stack([validation[i] for i in range(num_images)]).to(glow.dtype)
-    seed = 0  # of the measurements' noise: the warm starts are counted on tune_lambda's y
-    _, table = tune_lambda(total_variation, physics, images, seed=seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        y = physics(images)
-    warm = {}
-    for lam, _ in table:
-        start = GlowReconstructor(glow, init=total_variation(lam))._initial_latent(y, physics, 0)
-        warm[lam] = int(start.any(dim=1).sum())
-    typical = [row for row in table if 2 * warm[row[0]] >= num_images] or table
-    lam = max(typical, key=lambda row: row[1])[0]
-    scores = ", ".join(f"{value:g}: {score:.2f} ({warm[value]} warm)" for value, score in table)
+    lam, table = warm_start_lambda(physics, glow, images)
+    scores = ", ".join(f"{value:g}: {score:.2f} ({warm} warm)" for value, score, warm in table)
     print(
         f"{task:>10}: warm start from total variation, lambda {lam:g} "
         f"(validation PSNR and digits starting warm, of {num_images}: {scores})"
     )
     return _timed(total_variation(lam))
+
+
+def warm_start_lambda(physics, glow, images, seed: int = 0) -> tuple[float, list]:
+    """The lambda of :data:`LAMBDA_GRID` for a warm start from TV, chosen on validation
+    ``images``: the best mean PSNR among the lambdas whose TV images start at least half of them
+    warm (a typical latent, see ``GlowReconstructor``'s ``init``), or the best mean PSNR if none
+    does. Converged TV at its PSNR-best lambda leaves faint texture in the black background of a
+    digit that the Glow finds atypical, so such a start would fall back to z = 0 almost
+    everywhere. Returns the lambda and ``(lambda, PSNR, images starting warm)`` per lambda."""
+    import torch
+
+    from deepinv_glowprior import GlowReconstructor
+    from deepinv_glowprior.baselines import total_variation, tune_lambda
+
+    _, table = tune_lambda(total_variation, physics, images, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # tune_lambda's y: the warm starts are counted on it
+        y = physics(images)
+    rows = []
+    for lam, score in table:
+        start = GlowReconstructor(glow, init=total_variation(lam))._initial_latent(y, physics, 0)
+        rows.append((lam, score, int(start.any(dim=1).sum())))
+    typical = [row for row in rows if 2 * row[2] >= len(images)] or rows
+    return max(typical, key=lambda row: row[1])[0], rows
 
 
 def _timed(reconstructor):

@@ -15,6 +15,7 @@ import posterior as posterior_benchmark  # noqa: E402
 import profile_decode  # noqa: E402
 import solver_curves  # noqa: E402
 import solver_speed  # noqa: E402
+import warm_start_ood  # noqa: E402
 
 
 def test_equal_quality_ratio_takes_the_first_point_within_the_slack():
@@ -302,3 +303,20 @@ def test_committed_curve_summaries_are_what_their_committed_traces_give(name):
         for task, methods in traces.items()
     ]
     assert recomputed == committed
+
+
+@pytest.mark.slow  # tunes TV over the grid and solves twice: about half a minute
+def test_warm_start_table_compares_both_starts_on_the_same_measurements():
+    from deepinv_glowprior import Glow
+    from deepinv_glowprior.baselines import LAMBDA_GRID
+
+    torch.manual_seed(0)
+    glow = Glow(img_size=(1, 32, 32), levels=2, steps=1, hidden_channels=4)
+    glow = glow.initialize(torch.rand(8, 1, 32, 32)).eval()
+    row = warm_start_ood.measure(glow, "mnist", 0.5, num_images=2, seed=0)
+    assert row["tv_lambda"] in LAMBDA_GRID and row["tv_lambda_psnr_best"] in LAMBDA_GRID
+    assert 0 <= row["warm_images"] <= 2 and 0 <= row["validation_warm"] <= 2
+    assert row["zero_passes_per_image"] > 0 and row["warm_passes_per_image"] > 0
+    assert row["tv_residual_over_noise_median"] >= 0
+    if row["warm_images"] == 0:  # every sample fell back to z = 0: the same solve
+        assert row["warm_psnr"] == row["zero_psnr"]
