@@ -31,6 +31,7 @@ from solver_curves import warm_start_lambda
 
 from deepinv_glowprior import GlowReconstructor, baselines, load_pretrained
 from deepinv_glowprior.experiments import evaluation_images
+from deepinv_glowprior.reconstructor import noise_sigma
 from deepinv_glowprior.tasks import make_physics
 
 #: (model, test set, m/n): the Glow's own kind of images, then faces it never saw.
@@ -59,7 +60,7 @@ def measure(glow, dataset: str, ratio: float, num_images: int, seed: int) -> dic
     started = time.perf_counter()
     x_tv = baselines.total_variation(lam)(y, physics)
     tv_seconds = time.perf_counter() - started
-    noise_energy = y[0].numel() * float(physics.noise_model.sigma) ** 2
+    noise_energy = y[0].numel() * noise_sigma(physics) ** 2
     tv_residual = (physics.A(x_tv) - y).flatten(1).pow(2).sum(dim=1) / noise_energy
     row = {
         "dataset": dataset,
